@@ -1,0 +1,118 @@
+//! Every HTTP error, produced in one place as `{"message": ..., "code": ...}` with its status.
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::model::Invalid;
+use crate::node::EntityError;
+
+/// An error the API answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For 405: the methods the route does allow.
+    pub allow: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    code: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+    }
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!("Method not allowed; this route allows {allow}"),
+            )
+        }
+    }
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("Request body is larger than {limit} bytes"),
+        )
+    }
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Request body must be application/json",
+        )
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::invalid(e.to_string())
+    }
+}
+
+impl From<EntityError> for ApiError {
+    fn from(e: EntityError) -> Self {
+        match e {
+            EntityError::NotFound(kind) => ApiError::not_found(format!("{kind} not found")),
+            EntityError::Conflict(kind) => ApiError::conflict(format!("{kind} already exists")),
+            EntityError::Invalid(i) => i.into(),
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            message: &self.message,
+            code: self.code,
+        };
+        let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert("allow", warp::http::HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// Maps warp's own rejections (the few that can reach us) to the same error shape.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    let err = if rejection.is_not_found() {
+        ApiError::not_found("Not found")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::method_not_allowed("GET")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Request body too large")
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        ApiError::internal("Internal error")
+    };
+    Ok(err.into_response())
+}

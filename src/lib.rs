@@ -1,0 +1,37 @@
+//! bender: a distributed, expiring service registry that drives HAProxy.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! HTTP API (api) ──write──▶ node ──set──▶ own gossip keyspace (chitchat) ──UDP──▶ peers
+//!                                                                         │
+//!   peers' keyspaces ──key-change wake-ups──▶ node: CRDT join (registry) ◀┘
+//!        ──▶ view at `now` (registry::View) ──▶ events (events) ──▶ SSE
+//!                                          └──▶ NodeView (cluster) ──▶ render ──▶ HAProxy
+//! ```
+//!
+//! - [`model`]: entities and the validation of everything a client sends.
+//! - [`hlc`]: the clock and the hybrid logical clock that orders writes.
+//! - [`registry`]: the CRDT core and its gossip codec; pure, no I/O, time as a parameter.
+//! - [`node`]: chitchat glue, the write path, the view task, garbage collection, snapshots.
+//! - [`events`]: the diff between consecutive views.
+//! - [`api`]: the HTTP API (bender 0.2.1 routes and `/v1`).
+//! - [`render`]: Tera templates rendered and applied to HAProxy.
+//! - [`config`], [`snapshot`], [`shutdown`]: configuration, local persistence, shutdown signal.
+//!
+//! See ARCHITECTURE.md for the invariants and why they hold.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod events;
+pub mod hlc;
+pub mod model;
+pub mod node;
+pub mod registry;
+pub mod render;
+pub mod shutdown;
+pub mod snapshot;
+
+mod run;
+pub use run::run;
