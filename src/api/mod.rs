@@ -154,7 +154,7 @@ impl Request<'_> {
     fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| percent_decode(v))
+            (k == name).then(|| percent_decode(v, true))
         })
     }
 }
@@ -165,7 +165,8 @@ fn json_error(e: &serde_json::Error) -> String {
     format!("Invalid request body: {msg}")
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (and `+` as a space in query strings).
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -184,7 +185,7 @@ fn percent_decode(s: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -275,12 +276,13 @@ fn parse_ttl(v: &Option<Value>) -> Result<Option<Duration>> {
 
 impl Api {
     async fn handle(&self, req: Request<'_>) -> Result<Response> {
-        let segs: Vec<&str> = req
+        let decoded: Vec<String> = req
             .path
-            .trim_start_matches('/')
             .split('/')
             .filter(|s| !s.is_empty())
+            .map(|s| percent_decode(s, false))
             .collect();
+        let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let m = &req.method;
         match segs.as_slice() {
             // ---- bender 0.2.1 ----

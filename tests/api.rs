@@ -1,0 +1,278 @@
+//! The HTTP API of one real node: every bender 0.2.1 route and status code, the v1 API, and
+//! validation of bad input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Http, TestCluster};
+use serde_json::{json, Value};
+
+#[test]
+fn compat_registrations() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let r = http.post_empty(&c.url(0, "/registrations/web/1.0.0/10.0.0.1/8080"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["id"], "web/1.0.0/10.0.0.1/8080");
+    assert_eq!(r.body["resource"], "Registration");
+    http.post_empty(&c.url(0, "/registrations/web/2.0.0/10.0.0.2/8080"));
+    http.post_empty(&c.url(0, "/registrations/api/1.0.0/10.0.0.3/9000"));
+
+    let all = http.get(&c.url(0, "/registrations"));
+    assert_eq!(all.status, 200);
+    assert_eq!(all.body.as_array().unwrap().len(), 3);
+    let by_app = http.get(&c.url(0, "/registrations/web"));
+    assert_eq!(by_app.body.as_array().unwrap().len(), 2);
+    let by_version = http.get(&c.url(0, "/registrations/web/2.0.0"));
+    let list = by_version.body.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let reg = &list[0];
+    let mut keys: Vec<&str> = reg.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["app", "host", "id", "port", "registered", "resource", "version"]
+    );
+    assert_eq!(reg["port"], 8080);
+    assert_eq!(reg["host"], "10.0.0.2");
+    assert!(reg["registered"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(http.get(&c.url(0, "/registrations/none")).body, json!([]));
+}
+
+fn entity_routes(kind: &str, create: Value, update: Value, not_found: &str) {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let base = c.url(0, &format!("/{kind}"));
+    let name = create["name"].as_str().unwrap().to_string();
+
+    assert_eq!(http.get(&base).body, json!([]));
+    let r = http.post_json(&base, &create.to_string());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.location.as_deref(), Some(format!("/{kind}/{name}").as_str()));
+    let r = http.post_json(&base, &create.to_string());
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["code"], "CONFLICT");
+
+    let mut missing_name = create.clone();
+    missing_name.as_object_mut().unwrap().remove("name");
+    let r = http.post_json(&base, &missing_name.to_string());
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["code"], "INVALID");
+    assert!(r.body["message"].as_str().unwrap().contains("name"));
+
+    let one = http.get(&format!("{base}/{name}"));
+    assert_eq!(one.status, 200);
+    for (k, v) in create.as_object().unwrap() {
+        assert_eq!(&one.body[k], v, "field {k}");
+    }
+    let list = http.get(&base);
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+
+    let r = http.put_json(&format!("{base}/{name}"), &update.to_string());
+    assert_eq!(r.status, 200, "{}", r.text);
+    let one = http.get(&format!("{base}/{name}"));
+    for (k, v) in update.as_object().unwrap() {
+        assert_eq!(&one.body[k], v, "updated field {k}");
+    }
+    let r = http.put_json(&format!("{base}/nope"), &update.to_string());
+    assert_eq!(r.status, 404);
+    let r = http.put_json(
+        &format!("{base}/{name}"),
+        &json!({"name": "other"}).to_string(),
+    );
+    assert_eq!(r.status, 400);
+
+    let r = http.get(&format!("{base}/nope"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text, not_found);
+
+    let r = http.delete(&format!("{base}/{name}"));
+    assert_eq!(r.status, 204);
+    assert_eq!(r.text, "");
+    let r = http.delete(&format!("{base}/{name}"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["code"], "NOT_FOUND");
+    assert_eq!(http.get(&format!("{base}/{name}")).status, 404);
+    // A deleted name can be created again.
+    assert_eq!(http.post_json(&base, &create.to_string()).status, 201);
+}
+
+#[test]
+fn compat_backends() {
+    entity_routes(
+        "backends",
+        json!({"name": "web", "app": "web", "version": "1.0.0"}),
+        json!({"app": "web", "version": "2.0.0", "balance": "leastconn"}),
+        r#"{"message":"Backend not found","code":"NOT_FOUND"}"#,
+    );
+}
+
+#[test]
+fn compat_frontends() {
+    entity_routes(
+        "frontends",
+        json!({"name": "www", "backend": "web"}),
+        json!({"backend": "web-v2", "bind": "127.0.0.1:8080"}),
+        r#"{"message":"Frontend not found","code":"NOT_FOUND"}"#,
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_never_a_crash() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let check = |r: common::Resp, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.body["code"], code, "{}", r.text);
+        assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    };
+    // Path parameters.
+    for path in [
+        "/registrations/web/1.0/10.0.0.1/0",
+        "/registrations/web/1.0/10.0.0.1/65536",
+        "/registrations/web/1.0/10.0.0.1/http",
+        "/registrations/web%0Abackend%20x/1.0/10.0.0.1/80",
+        "/registrations/web%23x/1.0/10.0.0.1/80",
+        "/registrations/web/1.0/bad_host!/80",
+        "/registrations/%25%5Bsrc%5D/1.0/10.0.0.1/80",
+    ] {
+        check(http.post_empty(&c.url(0, path)), 400, "INVALID");
+    }
+    let backends = c.url(0, "/backends");
+    for body in [
+        r#"{"name":"web","app":"web","version":"1","color":"red"}"#,
+        r#"{"name":"we b","app":"web","version":"1"}"#,
+        r#"{"name":"web","app":"web"}"#,
+        r#"{"name":"web","app":"web","version":"1","extra":["backend evil"]}"#,
+        r#"{"name":"web","app":"web","version":"1","extra":["x\ny"]}"#,
+        r#"{"name":"web","app":"web","version":"1","balance":"magic"}"#,
+        r#"[1,2]"#,
+        r#"{"name": "#,
+        "",
+    ] {
+        check(http.post_json(&backends, body), 400, "INVALID");
+    }
+    check(
+        http.post_json(
+            &c.url(0, "/frontends"),
+            r#"{"name":"www","backend":"web","bind":"*:99999"}"#,
+        ),
+        400,
+        "INVALID",
+    );
+    check(
+        http.send("POST", &backends, Some("text/plain"), r#"{"name":"web","app":"web","version":"1"}"#),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
+    let big = format!(
+        r#"{{"name":"web","app":"web","version":"1","extra":["{}"]}}"#,
+        "x".repeat(70_000)
+    );
+    check(http.post_json(&backends, &big), 413, "PAYLOAD_TOO_LARGE");
+    let r = http.send("PATCH", &backends, None, "");
+    assert_eq!(r.allow.as_deref(), Some("GET, POST"));
+    check(r, 405, "METHOD_NOT_ALLOWED");
+    check(
+        http.get(&c.url(0, "/registrations/web/1.0/10.0.0.1/80")),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
+    check(http.get(&c.url(0, "/nothing/here")), 404, "NOT_FOUND");
+    // v1 validation.
+    let v1 = c.url(0, "/v1/registrations");
+    for body in [
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"ttl":"1ms"}"#,
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"ttl":"99h"}"#,
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"ttl":"soon"}"#,
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":0}"#,
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"meta":{"w":"a b"}}"#,
+        r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"nope":1}"#,
+    ] {
+        check(http.post_json(&v1, body), 400, "INVALID");
+    }
+    // The node is still healthy and nothing invalid was stored.
+    assert_eq!(http.get(&c.url(0, "/health")).status, 200);
+    assert_eq!(http.get(&c.url(0, "/registrations")).body, json!([]));
+    assert_eq!(http.get(&backends).body, json!([]));
+}
+
+#[test]
+fn v1_registration_with_ttl_meta_filters_and_deregistration() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let v1 = c.url(0, "/v1/registrations");
+    let r = http.post_json(
+        &v1,
+        r#"{"app":"web","version":"2","host":"10.0.0.9","port":81,"ttl":"30s","meta":{"weight":"10","zone":"a"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["ttl_ms"], 30_000);
+    assert_eq!(r.body["meta"]["zone"], "a");
+    http.post_json(
+        &v1,
+        r#"{"app":"web","version":"2","host":"10.0.0.8","port":81,"ttl":5000}"#,
+    );
+    http.post_json(&v1, r#"{"app":"api","version":"2","host":"10.0.0.9","port":82}"#);
+    let by_host = http.get(&format!("{v1}?host=10.0.0.9"));
+    assert_eq!(by_host.body.as_array().unwrap().len(), 2);
+    let by_app = http.get(&format!("{v1}?app=web&version=2"));
+    assert_eq!(by_app.body.as_array().unwrap().len(), 2);
+    let one = http.get(&c.url(0, "/v1/registrations/web/2/10.0.0.9/81"));
+    assert_eq!(one.body["meta"]["weight"], "10");
+
+    let d = http.delete(&c.url(0, "/v1/registrations/web/2/10.0.0.9/81"));
+    assert_eq!(d.status, 204);
+    // Deregistration is immediate, not after the TTL.
+    assert_eq!(
+        http.get(&c.url(0, "/v1/registrations/web/2/10.0.0.9/81")).status,
+        404
+    );
+    assert_eq!(http.get(&format!("{v1}?app=web")).body.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_500ms_registration_is_listed_at_once_and_gone_by_one_second_every_time() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let list = c.url(0, "/registrations/short");
+    for round in 0..5 {
+        let body = format!(
+            r#"{{"app":"short","version":"1","host":"10.0.0.1","port":{},"ttl":"500ms"}}"#,
+            1000 + round
+        );
+        let t0 = Instant::now();
+        let r = http.post_json(&c.url(0, "/v1/registrations"), &body);
+        assert_eq!(r.status, 200);
+        let listed = http.get(&list);
+        assert_eq!(listed.body.as_array().unwrap().len(), 1, "round {round}: listed at once");
+        // The property under test is a time bound: look again once one second has passed.
+        let left = Duration::from_secs(1).saturating_sub(t0.elapsed());
+        std::thread::sleep(left);
+        assert_eq!(http.get(&list).body, json!([]), "round {round}: gone by 1s");
+    }
+}
+
+#[test]
+fn default_ttl_is_four_seconds_and_renewal_extends_it() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let r = http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/80"));
+    assert_eq!(r.status, 200);
+    let one = http.get(&c.url(0, "/v1/registrations/web/1/10.0.0.1/80"));
+    assert_eq!(one.body["ttl_ms"], 4000);
+    let status = http.get(&c.url(0, "/v1/status"));
+    assert_eq!(status.body["registrations_live"], 1);
+    assert_eq!(status.body["ready"], true);
+    wait_until(Duration::from_secs(10), "the registration expires", || {
+        http.get(&c.url(0, "/registrations")).body == json!([])
+    });
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let mut c = TestCluster::start(1);
+    let status = c.nodes[0].as_mut().unwrap().terminate();
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,313 @@
+//! Test helpers: a cluster of real `bender agent` processes on loopback, an HTTP client, and
+//! waiting for conditions with a deadline (never sleeping as synchronisation).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Waits until `f` holds, polling, or panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1 for both TCP and UDP.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A response: status, JSON body (Null when empty or not JSON), headers of interest.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub location: Option<String>,
+    pub allow: Option<String>,
+}
+
+pub struct Http {
+    agent: ureq::Agent,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Http { agent }
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+        let mut r = r.expect("HTTP request failed");
+        let status = r.status().as_u16();
+        let header = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let location = header("location");
+        let allow = header("allow");
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            text,
+            location,
+            allow,
+        }
+    }
+
+    pub fn get(&self, url: &str) -> Resp {
+        Self::finish(self.agent.get(url).call())
+    }
+    pub fn delete(&self, url: &str) -> Resp {
+        Self::finish(self.agent.delete(url).call())
+    }
+    pub fn post_empty(&self, url: &str) -> Resp {
+        Self::finish(self.agent.post(url).send_empty())
+    }
+    pub fn post_json(&self, url: &str, body: &str) -> Resp {
+        Self::finish(
+            self.agent
+                .post(url)
+                .header("content-type", "application/json")
+                .send(body),
+        )
+    }
+    pub fn put_json(&self, url: &str, body: &str) -> Resp {
+        Self::finish(
+            self.agent
+                .put(url)
+                .header("content-type", "application/json")
+                .send(body),
+        )
+    }
+    pub fn send(&self, method: &str, url: &str, ctype: Option<&str>, body: &str) -> Resp {
+        let req = ureq::http::Request::builder().method(method).uri(url);
+        let req = match ctype {
+            Some(c) => req.header("content-type", c),
+            None => req,
+        };
+        Self::finish(self.agent.run(req.body(body.to_string()).unwrap()))
+    }
+}
+
+/// One `bender agent` process.
+pub struct Proc {
+    pub child: Child,
+    pub api: String,
+    pub gossip: SocketAddr,
+    pub node_id: String,
+    pub args: Vec<String>,
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `bender agent` with `args` and waits until its API answers.
+    pub fn start(node_id: &str, api_port: u16, gossip: SocketAddr, args: Vec<String>) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bender"))
+            .arg("agent")
+            .args(&args)
+            .env("BENDER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bender");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, logs) = mpsc::channel();
+        let id = node_id.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if std::env::var_os("BENDER_TEST_LOGS").is_some() {
+                    eprintln!("[{id}] {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let p = Proc {
+            child,
+            api: format!("http://127.0.0.1:{api_port}"),
+            gossip,
+            node_id: node_id.to_string(),
+            args,
+            logs,
+        };
+        let http = Http::new();
+        let url = p.url("/health");
+        wait_until(Duration::from_secs(20), "the node answers /health", || {
+            ureq::get(&url).call().is_ok()
+        });
+        let _ = http;
+        p
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.api, path)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// N real nodes on loopback, each seeded with all the others; torn down on drop.
+pub struct TestCluster {
+    pub nodes: Vec<Option<Proc>>,
+    ports: Vec<(u16, u16)>,
+    pub dir: PathBuf,
+    config: PathBuf,
+}
+
+/// A config file with short GC times so tests see garbage collection.
+pub const TEST_CONFIG: &str = r#"
+lease_gc_grace = "1s"
+warmup = "3s"
+"#;
+
+impl TestCluster {
+    pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, TEST_CONFIG)
+    }
+
+    pub fn start_with(n: usize, config: &str) -> TestCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "bender-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("bender.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            ports,
+            dir,
+            config: config_path,
+        };
+        for i in 0..n {
+            let p = c.spawn(i);
+            c.nodes.push(Some(p));
+        }
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Proc {
+        let (api, gossip) = self.ports[i];
+        let gossip_addr: SocketAddr = ([127, 0, 0, 1], gossip).into();
+        let mut args = vec![
+            "--config".to_string(),
+            self.config.display().to_string(),
+            "--node-id".into(),
+            format!("node{i}"),
+            "--api-listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--gossip-listen".into(),
+            gossip_addr.to_string(),
+            "--data-dir".into(),
+            self.dir.join(format!("data{i}")).display().to_string(),
+        ];
+        for (j, (_, g)) in self.ports.iter().enumerate() {
+            if j != i {
+                args.push("--seed".into());
+                args.push(format!("127.0.0.1:{g}"));
+            }
+        }
+        Proc::start(&format!("node{i}"), api, gossip_addr, args)
+    }
+
+    pub fn node(&self, i: usize) -> &Proc {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        self.node(i).url(path)
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let p = self.spawn(i);
+        self.nodes[i] = Some(p);
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some())
+    }
+
+    /// Waits until every running node lists `n` live members.
+    pub fn wait_members(&self, n: usize) {
+        let http = Http::new();
+        for i in self.running() {
+            let url = self.url(i, "/v1/members");
+            wait_until(Duration::from_secs(20), "all members are live", || {
+                let r = http.get(&url);
+                r.body
+                    .as_array()
+                    .map(|a| a.iter().filter(|m| m["live"] == true).count() == n)
+                    .unwrap_or(false)
+            });
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for p in self.nodes.iter_mut().flatten() {
+            p.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
