@@ -200,13 +200,9 @@ impl Config {
             data_dir: o.data_dir.or(file.data_dir),
             warmup: file.warmup.unwrap_or(Duration::from_secs(5)),
             lease_gc_grace: file.lease_gc_grace.unwrap_or(Duration::from_secs(60)),
-            tombstone_ttl: file
-                .tombstone_ttl
-                .unwrap_or(Duration::from_secs(2 * 3600)),
+            tombstone_ttl: file.tombstone_ttl.unwrap_or(Duration::from_secs(2 * 3600)),
             dead_node_grace: file.dead_node_grace.unwrap_or(Duration::from_secs(3600)),
-            clock_offset_warn: file
-                .clock_offset_warn
-                .unwrap_or(Duration::from_millis(200)),
+            clock_offset_warn: file.clock_offset_warn.unwrap_or(Duration::from_millis(200)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             apply: file.apply.unwrap_or_default(),
             templates: file.templates,
@@ -319,7 +315,11 @@ impl Config {
         for t in &self.templates {
             t.validate().map_err(|e| invalid("template", &t.name, e))?;
             if !names.insert(t.name.clone()) {
-                return Err(invalid("template.name", &t.name, "a name used by one template only"));
+                return Err(invalid(
+                    "template.name",
+                    &t.name,
+                    "a name used by one template only",
+                ));
             }
         }
         Ok(())
@@ -352,7 +352,10 @@ fn default_advertise(listen: SocketAddr, seeds: &[String]) -> Result<SocketAddr,
         }
     }
     if seeds.is_empty() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()));
+        return Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen.port(),
+        ));
     }
     Err(invalid(
         "gossip_advertise",

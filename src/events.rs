@@ -12,15 +12,27 @@ use crate::registry::View;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A registration became live.
-    Online { registration: RegKey },
+    Online {
+        registration: RegKey,
+    },
     /// A registration stopped being live (expired or deregistered).
-    Offline { registration: RegKey },
+    Offline {
+        registration: RegKey,
+    },
     /// A backend was created or changed.
-    BackendUpdated { backend: Backend },
-    BackendDeleted { name: String },
+    BackendUpdated {
+        backend: Backend,
+    },
+    BackendDeleted {
+        name: String,
+    },
     /// A frontend was created or changed.
-    FrontendUpdated { frontend: Frontend },
-    FrontendDeleted { name: String },
+    FrontendUpdated {
+        frontend: Frontend,
+    },
+    FrontendDeleted {
+        name: String,
+    },
 }
 
 impl Event {

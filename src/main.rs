@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use bender::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "bender", version, about = "A distributed, expiring service registry that drives HAProxy")]
+#[command(
+    name = "bender",
+    version,
+    about = "A distributed, expiring service registry that drives HAProxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,8 @@ fn agent(args: AgentArgs) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),

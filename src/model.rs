@@ -177,7 +177,9 @@ pub fn validate_extra_line(field: &str, line: &str) -> Result<(), Invalid> {
     if !ok {
         return Err(Invalid::new(
             field,
-            format!("{line:?} must be one line of printable characters without quotes, '#' or '\\'"),
+            format!(
+                "{line:?} must be one line of printable characters without quotes, '#' or '\\'"
+            ),
         ));
     }
     let first = line.split_whitespace().next().unwrap_or("");
@@ -235,7 +237,11 @@ impl RegKey {
 
 impl fmt::Display for RegKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{} {}:{}", self.app, self.version, self.host, self.port)
+        write!(
+            f,
+            "{}@{} {}:{}",
+            self.app, self.version, self.host, self.port
+        )
     }
 }
 
@@ -449,10 +455,18 @@ mod tests {
 
     #[test]
     fn hosts_are_ips_or_dns_names() {
-        for ok in ["127.0.0.1", "::1", "fe80::1", "app-1.example.com", "localhost"] {
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+            "app-1.example.com",
+            "localhost",
+        ] {
             assert!(validate_host("host", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a..b", "-a.com", "a_b.com", "a b", "a\nb", "[::1]", "a:80"] {
+        for bad in [
+            "", "a..b", "-a.com", "a_b.com", "a b", "a\nb", "[::1]", "a:80",
+        ] {
             assert!(validate_host("host", bad).is_err(), "{bad}");
         }
     }

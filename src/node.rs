@@ -19,7 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chitchat::transport::Transport;
-use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle};
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ListenerHandle,
+};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -179,9 +182,7 @@ impl Node {
                                 continue;
                             }
                         }
-                        local
-                            .own
-                            .insert(k.clone(), (record.stamp().clone(), d));
+                        local.own.insert(k.clone(), (record.stamp().clone(), d));
                         local.registry.insert(record, d);
                         initial.push((k, v));
                     }
@@ -194,11 +195,7 @@ impl Node {
         initial.push((KEY_CLOCK.to_string(), hlc.now_ms().to_string()));
 
         let generation = hlc.now_ms();
-        let self_id = ChitchatId::new(
-            config.node_id.clone(),
-            generation,
-            config.gossip_advertise,
-        );
+        let self_id = ChitchatId::new(config.node_id.clone(), generation, config.gossip_advertise);
         let cc_config = ChitchatConfig {
             chitchat_id: self_id.clone(),
             cluster_id: config.cluster_id.clone(),
@@ -474,8 +471,11 @@ impl Node {
         }
         let stamp = self.inner.hlc.stamp();
         info!(kind = E::KIND, name = %name, "entity deleted");
-        self.write(E::record(name.to_string(), Versioned { stamp, value: None }))
-            .await;
+        self.write(E::record(
+            name.to_string(),
+            Versioned { stamp, value: None },
+        ))
+        .await;
         Ok(())
     }
 
@@ -495,8 +495,14 @@ impl Node {
         let r = &local.registry;
         (
             r.leases.values().filter(|s| s.reg.val.is_live(now)).count(),
-            r.backends.values().filter(|b| b.val.value.is_some()).count(),
-            r.frontends.values().filter(|f| f.val.value.is_some()).count(),
+            r.backends
+                .values()
+                .filter(|b| b.val.value.is_some())
+                .count(),
+            r.frontends
+                .values()
+                .filter(|f| f.val.value.is_some())
+                .count(),
             r.leases.len(),
         )
     }
@@ -568,7 +574,8 @@ async fn view_task(
                 .next_deadline(now)
                 .map(|d| Instant::now() + Duration::from_millis(d - now))
         };
-        let sleep_until = next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let sleep_until =
+            next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             n = remote.recv_many(&mut batch, 4096) => {
                 if n == 0 { return; }
@@ -617,7 +624,8 @@ async fn view_task(
             log_event(&event);
             let _ = inner.events.send(event);
         }
-        let changed = !same_shape(&prev.view, &view) || prev.members != members || prev.ready != ready;
+        let changed =
+            !same_shape(&prev.view, &view) || prev.members != members || prev.ready != ready;
         if changed {
             let next = Arc::new(NodeView {
                 view,
@@ -636,8 +644,7 @@ fn same_shape(a: &registry::View, b: &registry::View) -> bool {
     a.backends == b.backends
         && a.frontends == b.frontends
         && a.registrations.len() == b.registrations.len()
-        && a
-            .registrations
+        && a.registrations
             .iter()
             .zip(b.registrations.iter())
             .all(|((ka, ra), (kb, rb))| ka == kb && ra.meta == rb.meta && ra.ttl_ms == rb.ttl_ms)
@@ -671,7 +678,9 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, Strin
                         .registry
                         .insert(record, registry::digest(value.as_bytes()));
                 }
-                Err(e) => warn!(peer = %node, error = %e, "ignoring a record this version cannot read"),
+                Err(e) => {
+                    warn!(peer = %node, error = %e, "ignoring a record this version cannot read")
+                }
             }
         } else if key == KEY_CLOCK {
             if let Ok(peer_ms) = value.parse::<u64>() {
@@ -790,14 +799,30 @@ async fn maintain(inner: &Inner) {
     let mut adopt: Vec<(String, String, Marker)> = Vec::new();
     let mut forget: Vec<String> = Vec::new();
     for (name, reg) in &registry.backends {
-        plan_entity(&registry::backend_key(name), &reg.val, &reg.marker, own, now, tombstone_ttl, &mut adopt, &mut forget, |v| {
-            registry::encode_backend(name, v).1
-        });
+        plan_entity(
+            &registry::backend_key(name),
+            &reg.val,
+            &reg.marker,
+            own,
+            now,
+            tombstone_ttl,
+            &mut adopt,
+            &mut forget,
+            |v| registry::encode_backend(name, v).1,
+        );
     }
     for (name, reg) in &registry.frontends {
-        plan_entity(&registry::frontend_key(name), &reg.val, &reg.marker, own, now, tombstone_ttl, &mut adopt, &mut forget, |v| {
-            registry::encode_frontend(name, v).1
-        });
+        plan_entity(
+            &registry::frontend_key(name),
+            &reg.val,
+            &reg.marker,
+            own,
+            now,
+            tombstone_ttl,
+            &mut adopt,
+            &mut forget,
+            |v| registry::encode_frontend(name, v).1,
+        );
     }
     for (key, value, marker) in adopt {
         state.set(key.clone(), value);

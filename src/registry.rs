@@ -152,7 +152,9 @@ fn parse_value<T: DeserializeOwned>(key: &str, value: &str) -> Result<T, CodecEr
 
 /// Whether a gossip key belongs to the registry at all (other keys: node metadata).
 pub fn is_registry_key(key: &str) -> bool {
-    key.starts_with(LEASE_PREFIX) || key.starts_with(BACKEND_PREFIX) || key.starts_with(FRONTEND_PREFIX)
+    key.starts_with(LEASE_PREFIX)
+        || key.starts_with(BACKEND_PREFIX)
+        || key.starts_with(FRONTEND_PREFIX)
 }
 
 /// The registration a lease key names, if it is a well-formed lease key.
@@ -231,10 +233,7 @@ impl Registry {
                 one.leases.insert(
                     k,
                     LeaseSlot {
-                        reg: LWWReg {
-                            val: lease,
-                            marker,
-                        },
+                        reg: LWWReg { val: lease, marker },
                         max_deadline_ms,
                     },
                 );
@@ -462,7 +461,11 @@ pub(crate) mod tests {
     }
 
     fn arb_stamp() -> impl Strategy<Value = Stamp> {
-        (0u64..20, 0u32..3, prop_oneof![Just("a"), Just("b"), Just("c")])
+        (
+            0u64..20,
+            0u32..3,
+            prop_oneof![Just("a"), Just("b"), Just("c")],
+        )
             .prop_map(|(ms, l, n)| Stamp(ms, l, n.to_string()))
     }
 
@@ -498,7 +501,10 @@ pub(crate) mod tests {
                     },
                 )
             });
-        let frontend_rec = (arb_stamp(), prop::option::of(prop_oneof![Just("web"), Just("api")]))
+        let frontend_rec = (
+            arb_stamp(),
+            prop::option::of(prop_oneof![Just("web"), Just("api")]),
+        )
             .prop_map(|(stamp, backend)| {
                 Record::Frontend(
                     "main".to_string(),

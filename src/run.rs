@@ -28,11 +28,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     // Bind the API first: a taken port should fail before gossip announces this node.
     let listener = crate::api::bind(api_addr)
         .await
-        .map_err(|source| RunError::ApiBind { addr: api_addr, source })?;
+        .map_err(|source| RunError::ApiBind {
+            addr: api_addr,
+            source,
+        })?;
     let bound = listener.local_addr().unwrap_or(api_addr);
     let node = Node::start(config, Arc::new(SystemClock), &UdpTransport).await?;
     info!(api = %bound, "API listening");
-    let api = tokio::spawn(crate::api::serve(node.clone(), listener, None, shutdown.clone()));
+    let api = tokio::spawn(crate::api::serve(
+        node.clone(),
+        listener,
+        None,
+        shutdown.clone(),
+    ));
     let mut stop = shutdown;
     stop.wait().await;
     info!("shutting down");

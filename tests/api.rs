@@ -28,11 +28,24 @@ fn compat_registrations() {
     let list = by_version.body.as_array().unwrap();
     assert_eq!(list.len(), 1);
     let reg = &list[0];
-    let mut keys: Vec<&str> = reg.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut keys: Vec<&str> = reg
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["app", "host", "id", "port", "registered", "resource", "version"]
+        [
+            "app",
+            "host",
+            "id",
+            "port",
+            "registered",
+            "resource",
+            "version"
+        ]
     );
     assert_eq!(reg["port"], 8080);
     assert_eq!(reg["host"], "10.0.0.2");
@@ -49,7 +62,10 @@ fn entity_routes(kind: &str, create: Value, update: Value, not_found: &str) {
     assert_eq!(http.get(&base).body, json!([]));
     let r = http.post_json(&base, &create.to_string());
     assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(r.location.as_deref(), Some(format!("/{kind}/{name}").as_str()));
+    assert_eq!(
+        r.location.as_deref(),
+        Some(format!("/{kind}/{name}").as_str())
+    );
     let r = http.post_json(&base, &create.to_string());
     assert_eq!(r.status, 409);
     assert_eq!(r.body["code"], "CONFLICT");
@@ -162,7 +178,12 @@ fn bad_input_is_a_clear_error_and_never_a_crash() {
         "INVALID",
     );
     check(
-        http.send("POST", &backends, Some("text/plain"), r#"{"name":"web","app":"web","version":"1"}"#),
+        http.send(
+            "POST",
+            &backends,
+            Some("text/plain"),
+            r#"{"name":"web","app":"web","version":"1"}"#,
+        ),
         415,
         "UNSUPPORTED_MEDIA_TYPE",
     );
@@ -214,7 +235,10 @@ fn v1_registration_with_ttl_meta_filters_and_deregistration() {
         &v1,
         r#"{"app":"web","version":"2","host":"10.0.0.8","port":81,"ttl":5000}"#,
     );
-    http.post_json(&v1, r#"{"app":"api","version":"2","host":"10.0.0.9","port":82}"#);
+    http.post_json(
+        &v1,
+        r#"{"app":"api","version":"2","host":"10.0.0.9","port":82}"#,
+    );
     let by_host = http.get(&format!("{v1}?host=10.0.0.9"));
     assert_eq!(by_host.body.as_array().unwrap().len(), 2);
     let by_app = http.get(&format!("{v1}?app=web&version=2"));
@@ -226,10 +250,18 @@ fn v1_registration_with_ttl_meta_filters_and_deregistration() {
     assert_eq!(d.status, 204);
     // Deregistration is immediate, not after the TTL.
     assert_eq!(
-        http.get(&c.url(0, "/v1/registrations/web/2/10.0.0.9/81")).status,
+        http.get(&c.url(0, "/v1/registrations/web/2/10.0.0.9/81"))
+            .status,
         404
     );
-    assert_eq!(http.get(&format!("{v1}?app=web")).body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        http.get(&format!("{v1}?app=web"))
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -246,7 +278,11 @@ fn a_500ms_registration_is_listed_at_once_and_gone_by_one_second_every_time() {
         let r = http.post_json(&c.url(0, "/v1/registrations"), &body);
         assert_eq!(r.status, 200);
         let listed = http.get(&list);
-        assert_eq!(listed.body.as_array().unwrap().len(), 1, "round {round}: listed at once");
+        assert_eq!(
+            listed.body.as_array().unwrap().len(),
+            1,
+            "round {round}: listed at once"
+        );
         // The property under test is a time bound: look again once one second has passed.
         let left = Duration::from_secs(1).saturating_sub(t0.elapsed());
         std::thread::sleep(left);

@@ -59,13 +59,20 @@ fn renewals_through_a_different_node_keep_a_registration_live() {
     c.wait_members(3);
     let http = Http::new();
     let body = r#"{"app":"web","version":"1","host":"10.0.0.1","port":80,"ttl":"1s"}"#;
-    assert_eq!(http.post_json(&c.url(0, "/v1/registrations"), body).status, 200);
+    assert_eq!(
+        http.post_json(&c.url(0, "/v1/registrations"), body).status,
+        200
+    );
     // Renew through the other nodes in turn, as the old client rotates through servers, for
     // three TTLs; the registration must stay live everywhere the whole time.
     let start = Instant::now();
     let mut n = 1;
     while start.elapsed() < Duration::from_secs(3) {
-        assert_eq!(http.post_json(&c.url(n % 3, "/v1/registrations"), body).status, 200);
+        assert_eq!(
+            http.post_json(&c.url(n % 3, "/v1/registrations"), body)
+                .status,
+            200
+        );
         n += 1;
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(300) {
@@ -109,19 +116,25 @@ fn concurrent_updates_of_one_backend_end_identical_with_one_writers_whole_value(
         assert_eq!(ta.join().unwrap(), 200);
         assert_eq!(tb.join().unwrap(), 200);
         let mut agreed = Value::Null;
-        wait_until(CONVERGE, "all nodes agree on the backend", || {
-            match all_agree(&c, "/backends/web") {
+        wait_until(
+            CONVERGE,
+            "all nodes agree on the backend",
+            || match all_agree(&c, "/backends/web") {
                 Some(v) => {
                     agreed = v;
                     true
                 }
                 None => false,
-            }
-        });
+            },
+        );
         let got = &agreed["body"];
         // One writer's whole value: no mixing of fields from both.
-        let is_a = got["version"] == a["version"] && got["balance"] == "leastconn" && got["mode"] == "http";
-        let is_b = got["version"] == b["version"] && got["balance"] == "roundrobin" && got["mode"] == "tcp";
+        let is_a = got["version"] == a["version"]
+            && got["balance"] == "leastconn"
+            && got["mode"] == "http";
+        let is_b = got["version"] == b["version"]
+            && got["balance"] == "roundrobin"
+            && got["mode"] == "tcp";
         assert!(is_a ^ is_b, "round {round}: mixed or unknown value {got}");
     }
 }
@@ -152,21 +165,26 @@ fn a_delete_racing_an_update_ends_the_same_everywhere_and_a_later_delete_sticks(
         assert_eq!(td.join().unwrap(), 204);
         assert_eq!(tp.join().unwrap(), 200);
         let mut agreed = Value::Null;
-        wait_until(CONVERGE, "all nodes agree after the race", || {
-            match all_agree(&c, &format!("/backends/{name}")) {
+        wait_until(
+            CONVERGE,
+            "all nodes agree after the race",
+            || match all_agree(&c, &format!("/backends/{name}")) {
                 Some(v) => {
                     agreed = v;
                     true
                 }
                 None => false,
-            }
-        });
+            },
+        );
         let deleted = agreed["status"] == 404;
         let updated = agreed["status"] == 200 && agreed["body"]["version"] == "2";
         assert!(deleted || updated, "round {round}: {agreed}");
         // A delete issued after the dust settled is final everywhere: no older write revives it.
         if updated {
-            assert_eq!(http.delete(&c.url(2, &format!("/backends/{name}"))).status, 204);
+            assert_eq!(
+                http.delete(&c.url(2, &format!("/backends/{name}"))).status,
+                204
+            );
         }
         wait_until(CONVERGE, "the delete reaches every node", || {
             all_agree(&c, &format!("/backends/{name}")).is_some_and(|v| v["status"] == 404)
@@ -201,7 +219,11 @@ fn a_killed_node_restarts_and_catches_up() {
     wait_until(CONVERGE, "the restarted node catches up", || {
         http.get(&c.url(2, "/backends/during")).status == 200
             && http.get(&c.url(2, "/backends/before")).status == 404
-            && http.get(&c.url(2, "/registrations/web/1")).body.as_array().is_some_and(|a| a.len() == 1)
+            && http
+                .get(&c.url(2, "/registrations/web/1"))
+                .body
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
     });
     wait_until(CONVERGE, "the restarted node is ready", || {
         http.get(&c.url(2, "/v1/status")).body["ready"] == true
@@ -237,7 +259,11 @@ fn entities_survive_a_restart_of_the_whole_cluster() {
     }
     for i in 0..3 {
         assert_eq!(http.get(&c.url(i, "/backends/web")).status, 200, "node {i}");
-        assert_eq!(http.get(&c.url(i, "/frontends/www")).status, 200, "node {i}");
+        assert_eq!(
+            http.get(&c.url(i, "/frontends/www")).status,
+            200,
+            "node {i}"
+        );
     }
 }
 
@@ -329,7 +355,9 @@ fn expired_leases_are_garbage_collected_everywhere() {
     c.wait_members(2);
     let http = Http::new();
     for port in 1..=50 {
-        let body = format!(r#"{{"app":"gc","version":"1","host":"10.0.0.1","port":{port},"ttl":"300ms"}}"#);
+        let body = format!(
+            r#"{{"app":"gc","version":"1","host":"10.0.0.1","port":{port},"ttl":"300ms"}}"#
+        );
         http.post_json(&c.url(port as usize % 2, "/v1/registrations"), &body);
     }
     wait_until(CONVERGE, "both nodes saw the leases", || {

@@ -1,7 +1,6 @@
 //! Nodes in one process over chitchat's in-memory `ChannelTransport`: a link cut and healed.
 //! A shared manual clock makes the HLC order of the conflicting writes deterministic.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +75,10 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     })
     .await;
 
-    nodes[0].put(backend("v0"), WriteMode::Create).await.unwrap();
+    nodes[0]
+        .put(backend("v0"), WriteMode::Create)
+        .await
+        .unwrap();
     wait_for("the backend reaches every node", || {
         nodes.iter().all(|n| version_on(n).as_deref() == Some("v0"))
     })
@@ -91,13 +93,20 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     nodes[0].put(backend("a"), WriteMode::Update).await.unwrap();
     let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
     nodes[0]
-        .register(key.clone(), Some(Duration::from_secs(30)), Default::default())
+        .register(
+            key.clone(),
+            Some(Duration::from_secs(30)),
+            Default::default(),
+        )
         .await
         .unwrap();
     clock.advance(10);
     nodes[1].put(backend("b"), WriteMode::Update).await.unwrap();
 
-    wait_for("n3 sees n2's write", || version_on(&nodes[2]).as_deref() == Some("b")).await;
+    wait_for("n3 sees n2's write", || {
+        version_on(&nodes[2]).as_deref() == Some("b")
+    })
+    .await;
     assert_eq!(version_on(&nodes[0]).as_deref(), Some("a"), "n1 is cut off");
     assert!(
         nodes[2].registrations(None, None, None).is_empty(),
@@ -121,7 +130,9 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     // Expiry needs no coordination: moving the clock past the deadline ends it everywhere.
     clock.advance(30_001);
     wait_for("the registration expires on every node", || {
-        nodes.iter().all(|n| n.registrations(None, None, None).is_empty())
+        nodes
+            .iter()
+            .all(|n| n.registrations(None, None, None).is_empty())
     })
     .await;
 
@@ -148,7 +159,10 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
             .all(|n| n.members().iter().filter(|m| m.live).count() == 3)
     })
     .await;
-    nodes[1].put(backend("v1"), WriteMode::Create).await.unwrap();
+    nodes[1]
+        .put(backend("v1"), WriteMode::Create)
+        .await
+        .unwrap();
     wait_for("the backend reaches every node", || {
         nodes.iter().all(|n| version_on(n).is_some())
     })
@@ -161,7 +175,10 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
     assert_eq!(version_on(&nodes[2]).as_deref(), Some("v1"));
     transport.add_link(addr(3), addr(1)).await;
     transport.add_link(addr(3), addr(2)).await;
-    wait_for("the delete reaches the healed node", || version_on(&nodes[2]).is_none()).await;
+    wait_for("the delete reaches the healed node", || {
+        version_on(&nodes[2]).is_none()
+    })
+    .await;
     // The healed node's older copy never revives the backend, even after maintenance rounds.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(nodes.iter().all(|n| version_on(n).is_none()));

@@ -93,7 +93,8 @@ impl Reply for ApiError {
             message: &self.message,
             code: self.code,
         };
-        let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let mut resp =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert("allow", warp::http::HeaderValue::from_static(allow));
@@ -109,7 +110,11 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::method_not_allowed("GET")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Request body too large")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "Request body too large",
+        )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
         ApiError::internal("Internal error")

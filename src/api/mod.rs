@@ -38,7 +38,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(node: Node, listener: TcpListener, status: Option<StatusHook>, shutdown: Shutdown) {
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    status: Option<StatusHook>,
+    shutdown: Shutdown,
+) {
     let max_body = node.config().max_body_bytes;
     let state = std::sync::Arc::new(Api {
         node,
@@ -54,7 +59,13 @@ pub async fn serve(node: Node, listener: TcpListener, status: Option<StatusHook>
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and_then(
-            move |api: std::sync::Arc<Api>, method, path: warp::path::FullPath, query: String, ctype, clen, body| async move {
+            move |api: std::sync::Arc<Api>,
+                  method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  ctype,
+                  clen,
+                  body| async move {
                 let resp = match read_body(clen, body, max_body).await {
                     Ok(body) => {
                         let req = Request {
@@ -263,14 +274,22 @@ struct RegisterBody {
 fn parse_ttl(v: &Option<Value>) -> Result<Option<Duration>> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => humantime::parse_duration(s)
-            .map(Some)
-            .map_err(|_| ApiError::invalid(format!("invalid ttl: {s:?} is not a duration like \"500ms\" or \"4s\""))),
+        Some(Value::String(s)) => humantime::parse_duration(s).map(Some).map_err(|_| {
+            ApiError::invalid(format!(
+                "invalid ttl: {s:?} is not a duration like \"500ms\" or \"4s\""
+            ))
+        }),
         Some(Value::Number(n)) => n
             .as_u64()
             .map(|ms| Some(Duration::from_millis(ms)))
-            .ok_or_else(|| ApiError::invalid("invalid ttl: a number of milliseconds must be a positive integer")),
-        Some(_) => Err(ApiError::invalid("invalid ttl: must be a duration string or milliseconds")),
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid ttl: a number of milliseconds must be a positive integer",
+                )
+            }),
+        Some(_) => Err(ApiError::invalid(
+            "invalid ttl: must be a duration string or milliseconds",
+        )),
     }
 }
 
@@ -292,9 +311,9 @@ impl Api {
             },
             ["registrations"] | ["registrations", _] | ["registrations", _, _] => match *m {
                 Method::GET => {
-                    let regs = self
-                        .node
-                        .registrations(segs.get(1).copied(), segs.get(2).copied(), None);
+                    let regs =
+                        self.node
+                            .registrations(segs.get(1).copied(), segs.get(2).copied(), None);
                     ok(Value::Array(regs.iter().map(compat_registration).collect()))
                 }
                 _ => Err(ApiError::method_not_allowed("GET")),
@@ -311,7 +330,11 @@ impl Api {
                     let app = req.query_param("app");
                     let version = req.query_param("version");
                     let host = req.query_param("host");
-                    let regs = self.node.registrations(app.as_deref(), version.as_deref(), host.as_deref());
+                    let regs = self.node.registrations(
+                        app.as_deref(),
+                        version.as_deref(),
+                        host.as_deref(),
+                    );
                     ok(Value::Array(regs.iter().map(v1_registration).collect()))
                 }
                 Method::POST => {
@@ -364,7 +387,13 @@ impl Api {
         }
     }
 
-    async fn compat_register(&self, app: &str, version: &str, host: &str, port: &str) -> Result<Response> {
+    async fn compat_register(
+        &self,
+        app: &str,
+        version: &str,
+        host: &str,
+        port: &str,
+    ) -> Result<Response> {
         let port = model::parse_port("port", port)?;
         let key = RegKey::new(app, version, host, port)?;
         let live = self.node.register(key, None, BTreeMap::new()).await?;
@@ -372,7 +401,10 @@ impl Api {
     }
 
     /// `GET` list / `POST` create on `/backends` or `/frontends`.
-    async fn collection<E: Entity + for<'de> Deserialize<'de>>(&self, req: &Request<'_>) -> Result<Response> {
+    async fn collection<E: Entity + for<'de> Deserialize<'de>>(
+        &self,
+        req: &Request<'_>,
+    ) -> Result<Response> {
         match req.method {
             Method::GET => ok(Value::Array(
                 self.node
@@ -398,7 +430,11 @@ impl Api {
     }
 
     /// `GET` / `PUT` / `DELETE` on one backend or frontend.
-    async fn item<E: Entity + for<'de> Deserialize<'de>>(&self, req: &Request<'_>, name: &str) -> Result<Response> {
+    async fn item<E: Entity + for<'de> Deserialize<'de>>(
+        &self,
+        req: &Request<'_>,
+        name: &str,
+    ) -> Result<Response> {
         let not_found = || ApiError::not_found(format!("{} not found", E::KIND));
         match req.method {
             Method::GET => match self.node.get::<E>(name) {
@@ -464,9 +500,11 @@ impl Api {
                     .event(event.kind())
                     .json_data(&event)
                     .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warp::sse::Event::default()
-                    .event("resync")
-                    .data(format!("{{\"missed\":{n}}}")),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warp::sse::Event::default()
+                        .event("resync")
+                        .data(format!("{{\"missed\":{n}}}"))
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
             Some((Ok::<_, Infallible>(item), rx))
