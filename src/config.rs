@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub gossip_advertise: Option<SocketAddr>,
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// Networks allowed to gossip with this node (empty: any).
+    #[serde(default)]
+    pub gossip_allow: Vec<ipnet::IpNet>,
     #[serde(default, with = "humantime_serde")]
     pub default_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -100,6 +103,8 @@ pub struct Config {
     pub gossip_listen: SocketAddr,
     pub gossip_advertise: SocketAddr,
     pub seeds: Vec<String>,
+    /// Networks allowed to gossip with this node (empty: any).
+    pub gossip_allow: Vec<ipnet::IpNet>,
     pub default_ttl: Duration,
     pub min_ttl: Duration,
     pub max_ttl: Duration,
@@ -184,6 +189,7 @@ impl Config {
             gossip_listen,
             gossip_advertise,
             seeds,
+            gossip_allow: file.gossip_allow,
             default_ttl: o
                 .default_ttl
                 .or(file.default_ttl)
@@ -308,6 +314,23 @@ impl Config {
                 ));
             }
         }
+        for seed in &self.seeds {
+            if let Ok(addr) = seed.parse::<SocketAddr>() {
+                if !crate::transport::allowed(&self.gossip_allow, &addr) {
+                    return Err(invalid(
+                        "gossip_allow",
+                        format!(
+                            "{:?}",
+                            self.gossip_allow
+                                .iter()
+                                .map(|n| n.to_string())
+                                .collect::<Vec<_>>()
+                        ),
+                        format!("networks that include every seed (seed {seed} is outside them)"),
+                    ));
+                }
+            }
+        }
         self.apply
             .validate()
             .map_err(|e| invalid("apply", "…", e))?;
@@ -425,5 +448,11 @@ mod tests {
         assert!(err.to_string().contains("node_id"), "{err}");
         let err = load("seeds = [\"nope\"]", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("seeds"), "{err}");
+        let err = load(
+            "seeds = [\"10.0.0.2:1730\"]\ngossip_listen = \"10.0.0.1:1730\"\ngossip_allow = [\"192.168.0.0/16\"]",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("gossip_allow"), "{err}");
     }
 }

@@ -32,6 +32,7 @@ pub mod registry;
 pub mod render;
 pub mod shutdown;
 pub mod snapshot;
+pub mod transport;
 
 mod run;
 pub use run::run;

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("BENDER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match cli.command {
         Command::Agent(args) => agent(args),

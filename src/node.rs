@@ -224,8 +224,20 @@ impl Node {
         let (remote_tx, remote_rx) = mpsc::unbounded_channel::<(String, String, String)>();
         let listener = {
             let self_id = self_id.clone();
-            chitchat.lock().await.subscribe_event("", move |ev| {
-                if ev.node != &self_id {
+            let cc = chitchat.lock().await;
+            // Gossip may already have delivered records before the subscription: hand those
+            // over too, under the same lock, so that nothing falls between scan and callback.
+            for (id, state) in cc.node_states() {
+                if *id != self_id {
+                    for (k, v) in state.key_values() {
+                        let _ =
+                            remote_tx.send((k.to_string(), v.to_string(), id.node_id.to_string()));
+                    }
+                }
+            }
+            let self_id_cb = self_id.clone();
+            cc.subscribe_event("", move |ev| {
+                if ev.node != &self_id_cb {
                     let _ = remote_tx.send((
                         ev.key.to_string(),
                         ev.value.to_string(),

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use chitchat::transport::UdpTransport;
 use tracing::{error, info};
 
 use crate::config::Config;
@@ -33,7 +32,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             source,
         })?;
     let bound = listener.local_addr().unwrap_or(api_addr);
-    let node = Node::start(config, Arc::new(SystemClock), &UdpTransport).await?;
+    let transport = crate::transport::AllowListTransport::new(config.gossip_allow.clone());
+    let node = Node::start(config, Arc::new(SystemClock), &transport).await?;
     info!(api = %bound, "API listening");
     let api = tokio::spawn(crate::api::serve(
         node.clone(),
