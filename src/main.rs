@@ -9,6 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 use bender::config::{Config, Overrides};
 
+// The API allocates a little per request; mimalloc serves that faster than glibc's malloc under
+// many small short-lived allocations on several threads (measured: see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bender",

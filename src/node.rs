@@ -45,7 +45,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest time between two eager pushes, so a write burst is one round of gossip.
 const PUSH_MIN_INTERVAL: Duration = Duration::from_millis(5);
 /// Shortest time between two view recomputations under a stream of writes.
-const VIEW_MIN_INTERVAL: Duration = Duration::from_millis(2);
+const VIEW_MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Clock samples kept per peer.
 const CLOCK_SAMPLES: usize = 8;
 /// Capacity of the event stream each subscriber may fall behind by.

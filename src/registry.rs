@@ -215,6 +215,20 @@ fn join_map<K: Ord, V, F: Fn(&mut V, V)>(into: &mut BTreeMap<K, V>, from: BTreeM
     }
 }
 
+fn insert_reg<V: PartialEq>(
+    map: &mut BTreeMap<String, LWWReg<V, Marker>>,
+    name: String,
+    val: V,
+    marker: Marker,
+) {
+    match map.entry(name) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(LWWReg { val, marker });
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().update(val, marker),
+    }
+}
+
 impl Registry {
     /// Joins one encoded record into the registry.
     pub fn insert_encoded(&mut self, key: &str, value: &str) -> Result<(), CodecError> {
@@ -224,30 +238,36 @@ impl Registry {
     }
 
     /// Joins one record (whose encoded value has digest `value_digest`) into the registry.
+    /// Equivalent to merging a registry holding only that record, without building one.
     pub fn insert(&mut self, record: Record, value_digest: u64) {
-        let mut one = Registry::default();
+        use std::collections::btree_map::Entry;
         match record {
             Record::Lease(k, lease) => {
                 let marker = (lease.stamp.clone(), value_digest);
-                let max_deadline_ms = lease.deadline_ms;
-                one.leases.insert(
-                    k,
-                    LeaseSlot {
-                        reg: LWWReg { val: lease, marker },
-                        max_deadline_ms,
-                    },
-                );
+                let deadline = lease.deadline_ms;
+                match self.leases.entry(k) {
+                    Entry::Vacant(e) => {
+                        e.insert(LeaseSlot {
+                            reg: LWWReg { val: lease, marker },
+                            max_deadline_ms: deadline,
+                        });
+                    }
+                    Entry::Occupied(mut e) => {
+                        let slot = e.get_mut();
+                        slot.max_deadline_ms = slot.max_deadline_ms.max(deadline);
+                        slot.reg.update(lease, marker);
+                    }
+                }
             }
             Record::Backend(n, v) => {
                 let marker = (v.stamp.clone(), value_digest);
-                one.backends.insert(n, LWWReg { val: v, marker });
+                insert_reg(&mut self.backends, n, v, marker);
             }
             Record::Frontend(n, v) => {
                 let marker = (v.stamp.clone(), value_digest);
-                one.frontends.insert(n, LWWReg { val: v, marker });
+                insert_reg(&mut self.frontends, n, v, marker);
             }
         }
-        self.merge(one);
     }
 
     /// The CRDT join: commutative, associative and idempotent.

@@ -214,26 +214,54 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// The 0.2.1 registration shape.
-fn compat_registration(r: &LiveRegistration) -> Value {
-    json!({
-        "id": r.key.id(),
-        "app": r.key.app,
-        "version": r.key.version,
-        "host": r.key.host,
-        "port": r.key.port,
-        "registered": rfc3339(r.registered_ms),
-        "resource": "Registration",
-    })
+#[derive(Serialize)]
+struct CompatRegistration<'a> {
+    id: String,
+    app: &'a str,
+    version: &'a str,
+    host: &'a str,
+    port: u16,
+    registered: String,
+    resource: &'static str,
+}
+
+impl<'a> From<&'a LiveRegistration> for CompatRegistration<'a> {
+    fn from(r: &'a LiveRegistration) -> Self {
+        CompatRegistration {
+            id: r.key.id(),
+            app: &r.key.app,
+            version: &r.key.version,
+            host: &r.key.host,
+            port: r.key.port,
+            registered: rfc3339(r.registered_ms),
+            resource: "Registration",
+        }
+    }
 }
 
 /// The v1 registration shape: the 0.2.1 fields plus TTL, expiry and meta.
-fn v1_registration(r: &LiveRegistration) -> Value {
-    let mut v = compat_registration(r);
-    let m = v.as_object_mut().expect("compat_registration is an object");
-    m.insert("ttl_ms".into(), json!(r.ttl_ms));
-    m.insert("expires".into(), json!(rfc3339(r.deadline_ms)));
-    m.insert("meta".into(), json!(r.meta));
-    v
+#[derive(Serialize)]
+struct V1Registration<'a> {
+    #[serde(flatten)]
+    compat: CompatRegistration<'a>,
+    ttl_ms: u64,
+    expires: String,
+    meta: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a LiveRegistration> for V1Registration<'a> {
+    fn from(r: &'a LiveRegistration) -> Self {
+        V1Registration {
+            compat: r.into(),
+            ttl_ms: r.ttl_ms,
+            expires: rfc3339(r.deadline_ms),
+            meta: &r.meta,
+        }
+    }
+}
+
+fn json_ok<T: Serialize>(v: &T) -> Result<Response> {
+    Ok(warp::reply::json(v).into_response())
 }
 
 fn with_resource<E: Serialize>(e: &E, resource: &str) -> Value {
@@ -314,7 +342,12 @@ impl Api {
                     let regs =
                         self.node
                             .registrations(segs.get(1).copied(), segs.get(2).copied(), None);
-                    ok(Value::Array(regs.iter().map(compat_registration).collect()))
+                    json_ok(
+                        &regs
+                            .iter()
+                            .map(CompatRegistration::from)
+                            .collect::<Vec<_>>(),
+                    )
                 }
                 _ => Err(ApiError::method_not_allowed("GET")),
             },
@@ -335,14 +368,14 @@ impl Api {
                         version.as_deref(),
                         host.as_deref(),
                     );
-                    ok(Value::Array(regs.iter().map(v1_registration).collect()))
+                    json_ok(&regs.iter().map(V1Registration::from).collect::<Vec<_>>())
                 }
                 Method::POST => {
                     let body: RegisterBody = req.json()?;
                     let key = RegKey::new(&body.app, &body.version, &body.host, body.port)?;
                     let ttl = parse_ttl(&body.ttl)?;
                     let live = self.node.register(key, ttl, body.meta).await?;
-                    ok(v1_registration(&live))
+                    json_ok(&V1Registration::from(&live))
                 }
                 _ => Err(ApiError::method_not_allowed("GET, POST")),
             },
@@ -356,7 +389,7 @@ impl Api {
                             .into_iter()
                             .find(|r| r.key == key);
                         match found {
-                            Some(r) => ok(v1_registration(&r)),
+                            Some(r) => json_ok(&V1Registration::from(&r)),
                             None => Err(ApiError::not_found("Registration not found")),
                         }
                     }
@@ -397,7 +430,7 @@ impl Api {
         let port = model::parse_port("port", port)?;
         let key = RegKey::new(app, version, host, port)?;
         let live = self.node.register(key, None, BTreeMap::new()).await?;
-        ok(compat_registration(&live))
+        json_ok(&CompatRegistration::from(&live))
     }
 
     /// `GET` list / `POST` create on `/backends` or `/frontends`.

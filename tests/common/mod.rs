@@ -123,6 +123,32 @@ impl Http {
     }
 }
 
+/// Sends raw bytes to `base` (`http://host:port`) and returns what comes back until the server
+/// closes or 2 s of silence.
+pub fn raw_http(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = s.write_all(request.as_bytes());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out);
+                // Stop once a whole response with a JSON body has arrived.
+                if text.contains("\r\n\r\n{") && text.ends_with('}') {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One `bender agent` process.
 pub struct Proc {
     pub child: Child,
