@@ -139,7 +139,7 @@ impl Config {
                 })?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.to_path_buf(),
-                    message: e.to_string().replace('\n', " "),
+                    message: describe_toml_error(&text, &e),
                 })?
             }
             None => FileConfig::default(),
@@ -346,6 +346,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// One line: where in the file, the line itself (which names the key), and what was wrong.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} ({line}): {}", e.message().trim())
+        }
+        None => e.message().trim().replace('\n', " "),
     }
 }
 

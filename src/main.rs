@@ -55,21 +55,45 @@ struct AgentArgs {
     #[arg(long = "seed")]
     seeds: Vec<String>,
     /// TTL of registrations that do not give one, e.g. "500ms", "4s" [default: 4s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration)]
     default_ttl: Option<Duration>,
     /// Longest TTL a client may ask for [default: 1h].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration)]
     max_ttl: Option<Duration>,
     /// Time between gossip rounds [default: 100ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration)]
     gossip_interval: Option<Duration>,
     /// Directory for the node's snapshot [default: none, nothing kept across restarts].
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
 
+/// Parses a duration flag, with an error that says what is valid.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| format!("expected a duration such as \"500ms\", \"4s\" or \"1m\""))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // One line, naming the flag and what is valid: operators grep logs for it.
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("bender: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("BENDER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -183,7 +183,10 @@ fn a_delete_racing_an_update_ends_the_same_everywhere_and_a_later_delete_sticks(
         let updated = agreed["status"] == 200 && agreed["body"]["version"] == "2";
         assert!(deleted || updated, "round {round}: {agreed}");
         if put_status == 404 {
-            assert!(deleted, "round {round}: a refused update cannot win: {agreed}");
+            assert!(
+                deleted,
+                "round {round}: a refused update cannot win: {agreed}"
+            );
         }
         // A delete issued after the dust settled is final everywhere: no older write revives it.
         if updated {

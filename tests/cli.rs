@@ -1,0 +1,64 @@
+//! The `bender` command line: bad flags and bad config are one-line errors naming the key, with
+//! exit code 2, and the node never starts.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
+        .args(args)
+        .output()
+        .expect("run bender");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_flags_are_one_line_errors_with_exit_code_2() {
+    for (args, needle) in [
+        (&["agent", "--default-ttl", "soon"][..], "--default-ttl"),
+        (&["agent", "--default-ttl", "2h"][..], "default_ttl"),
+        (&["agent", "--default-ttl", "1ms"][..], "default_ttl"),
+        (&["agent", "--api-listen", "nowhere"][..], "--api-listen"),
+        (&["agent", "--node-id", "a b"][..], "node_id"),
+        (&["agent", "--seed", "nope"][..], "seeds"),
+        (&["agent", "--gossip-interval", "1h"][..], "gossip_interval"),
+        (&["agent", "--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_config_files_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("bender-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, needle) in [
+        ("default_ttl = \"x\"\n", "default_ttl"),
+        ("nonsense = 1\n", "nonsense"),
+        ("max_ttl = \"1s\"\ndefault_ttl = \"2s\"\n", "default_ttl"),
+        ("tombstone_ttl = \"1m\"\n", "tombstone_ttl"),
+        ("gossip_allow = [\"not-a-net\"]\n", "gossip_allow"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = run(&["agent", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{text}: {stderr}");
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+    }
+    let (code, stderr) = run(&["agent", "--config", "/nonexistent/bender.toml"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent/bender.toml"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn version_and_help_succeed() {
+    let (code, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    let (code, _) = run(&["agent", "--help"]);
+    assert_eq!(code, 0);
+}
