@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod hlc;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod registry;

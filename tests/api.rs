@@ -326,3 +326,83 @@ fn sigterm_stops_the_node_cleanly() {
     let status = c.nodes[0].as_mut().unwrap().terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+fn scrape(http: &Http, url: &str) -> prometheus_parse::Scrape {
+    let r = http.get(url);
+    assert_eq!(r.status, 200);
+    let lines = r.text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text_and_count_what_happened() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/80"));
+    http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/0"));
+    http.get(&c.url(0, "/backends/missing"));
+    let url = c.url(0, "/metrics");
+    wait_until(
+        Duration::from_secs(10),
+        "the gauges follow the view",
+        || {
+            let s = scrape(&http, &url);
+            sample(&s, "bender_registrations_live", &[]) == Some(1.0)
+                && sample(&s, "bender_events_total", &[("kind", "online")]) == Some(1.0)
+        },
+    );
+    let s = scrape(&http, &url);
+    let route = "/registrations/:app/:version/:host/:port";
+    assert_eq!(
+        sample(
+            &s,
+            "bender_api_requests_total",
+            &[("route", route), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "bender_api_requests_total",
+            &[("route", route), ("status", "400")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "bender_api_requests_total",
+            &[("route", "/backends/:name"), ("status", "404")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "bender_gossip_members", &[("state", "live")]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&s, "bender_gossip_dropped_total", &[]), Some(0.0));
+}
+
+#[test]
+fn health_and_ready() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    assert_eq!(http.get(&c.url(0, "/health")).status, 200);
+    wait_until(Duration::from_secs(10), "a lone node is ready", || {
+        http.get(&c.url(0, "/ready")).status == 200
+    });
+}

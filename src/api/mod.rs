@@ -24,6 +24,7 @@ use warp::{Filter, Reply};
 
 pub use error::ApiError;
 
+use crate::metrics::{ApiLabels, Metrics};
 use crate::model::{self, Backend, Frontend, RegKey};
 use crate::node::{Entity, Node, WriteMode};
 use crate::registry::LiveRegistration;
@@ -31,6 +32,39 @@ use crate::shutdown::Shutdown;
 
 /// Extra status the node's other stages contribute to `/v1/status` (e.g. the last applies).
 pub type StatusHook = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+/// A readiness condition another stage contributes to `/ready`: `Err(why)` when not ready.
+pub type ReadyHook = std::sync::Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+/// What the rest of the node plugs into the API.
+#[derive(Clone)]
+pub struct Hooks {
+    pub metrics: std::sync::Arc<Metrics>,
+    pub status: Option<StatusHook>,
+    pub ready: Option<ReadyHook>,
+}
+
+impl Hooks {
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        Hooks {
+            metrics,
+            status: None,
+            ready: None,
+        }
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
 
 /// Binds the API listener. Fails (with the address) when the port is taken.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -38,16 +72,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(
-    node: Node,
-    listener: TcpListener,
-    status: Option<StatusHook>,
-    shutdown: Shutdown,
-) {
+pub async fn serve(node: Node, listener: TcpListener, hooks: Hooks, shutdown: Shutdown) {
     let max_body = node.config().max_body_bytes;
     let state = std::sync::Arc::new(Api {
         node,
-        status,
+        metrics: hooks.metrics.clone(),
+        hooks,
         shutdown: shutdown.clone(),
     });
     let routes = warp::any()
@@ -60,12 +90,13 @@ pub async fn serve(
         .and(warp::body::stream())
         .and_then(
             move |api: std::sync::Arc<Api>,
-                  method,
+                  method: Method,
                   path: warp::path::FullPath,
                   query: String,
                   ctype,
                   clen,
                   body| async move {
+                let method_name = method.clone();
                 let resp = match read_body(clen, body, max_body).await {
                     Ok(body) => {
                         let req = Request {
@@ -77,9 +108,19 @@ pub async fn serve(
                         };
                         api.handle(req).await
                     }
-                    Err(e) => Err(e),
+                    Err(e) => ("body", Err(e)),
                 };
-                Ok::<Response, Infallible>(resp.unwrap_or_else(Reply::into_response))
+                let (route, resp) = resp;
+                let resp = resp.unwrap_or_else(Reply::into_response);
+                api.metrics
+                    .api_requests
+                    .get_or_create(&ApiLabels {
+                        route,
+                        method: method_label(&method_name),
+                        status: resp.status().as_u16(),
+                    })
+                    .inc();
+                Ok::<Response, Infallible>(resp)
             },
         )
         .recover(error::recover);
@@ -119,7 +160,8 @@ async fn read_body(
 
 struct Api {
     node: Node,
-    status: Option<StatusHook>,
+    hooks: Hooks,
+    metrics: std::sync::Arc<Metrics>,
     shutdown: Shutdown,
 }
 
@@ -322,7 +364,8 @@ fn parse_ttl(v: &Option<Value>) -> Result<Option<Duration>> {
 }
 
 impl Api {
-    async fn handle(&self, req: Request<'_>) -> Result<Response> {
+    /// Routes a request; returns the route's label (for metrics) and the response.
+    async fn handle(&self, req: Request<'_>) -> (&'static str, Result<Response>) {
         let decoded: Vec<String> = req
             .path
             .split('/')
@@ -330,56 +373,90 @@ impl Api {
             .map(|s| percent_decode(s, false))
             .collect();
         let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let mut label = "unknown";
+        let result = self.dispatch(&req, &segs, &mut label).await;
+        (label, result)
+    }
+
+    /// The routing table: one arm per route, each naming its label.
+    async fn dispatch(
+        &self,
+        req: &Request<'_>,
+        segs: &[&str],
+        label: &mut &'static str,
+    ) -> Result<Response> {
         let m = &req.method;
-        match segs.as_slice() {
+        match segs {
             // ---- bender 0.2.1 ----
-            ["registrations", app, version, host, port] => match *m {
-                Method::POST => self.compat_register(app, version, host, port).await,
-                _ => Err(ApiError::method_not_allowed("POST")),
-            },
-            ["registrations"] | ["registrations", _] | ["registrations", _, _] => match *m {
-                Method::GET => {
-                    let regs =
-                        self.node
-                            .registrations(segs.get(1).copied(), segs.get(2).copied(), None);
-                    json_ok(
-                        &regs
-                            .iter()
-                            .map(CompatRegistration::from)
-                            .collect::<Vec<_>>(),
-                    )
+            ["registrations", app, version, host, port] => {
+                *label = "/registrations/:app/:version/:host/:port";
+                match *m {
+                    Method::POST => self.compat_register(app, version, host, port).await,
+                    _ => Err(ApiError::method_not_allowed("POST")),
                 }
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["backends"] | ["v1", "backends"] => self.collection::<Backend>(&req).await,
-            ["backends", name] | ["v1", "backends", name] => self.item::<Backend>(&req, name).await,
-            ["frontends"] | ["v1", "frontends"] => self.collection::<Frontend>(&req).await,
+            }
+            ["registrations"] | ["registrations", _] | ["registrations", _, _] => {
+                *label = "/registrations[/:app[/:version]]";
+                match *m {
+                    Method::GET => {
+                        let regs = self.node.registrations(
+                            segs.get(1).copied(),
+                            segs.get(2).copied(),
+                            None,
+                        );
+                        json_ok(
+                            &regs
+                                .iter()
+                                .map(CompatRegistration::from)
+                                .collect::<Vec<_>>(),
+                        )
+                    }
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["backends"] | ["v1", "backends"] => {
+                *label = "/backends";
+                self.collection::<Backend>(req).await
+            }
+            ["backends", name] | ["v1", "backends", name] => {
+                *label = "/backends/:name";
+                self.item::<Backend>(req, name).await
+            }
+            ["frontends"] | ["v1", "frontends"] => {
+                *label = "/frontends";
+                self.collection::<Frontend>(req).await
+            }
             ["frontends", name] | ["v1", "frontends", name] => {
-                self.item::<Frontend>(&req, name).await
+                *label = "/frontends/:name";
+                self.item::<Frontend>(req, name).await
             }
             // ---- v1 ----
-            ["v1", "registrations"] => match *m {
-                Method::GET => {
-                    let app = req.query_param("app");
-                    let version = req.query_param("version");
-                    let host = req.query_param("host");
-                    let regs = self.node.registrations(
-                        app.as_deref(),
-                        version.as_deref(),
-                        host.as_deref(),
-                    );
-                    json_ok(&regs.iter().map(V1Registration::from).collect::<Vec<_>>())
+            ["v1", "registrations"] => {
+                *label = "/v1/registrations";
+                match *m {
+                    Method::GET => {
+                        let app = req.query_param("app");
+                        let version = req.query_param("version");
+                        let host = req.query_param("host");
+                        let regs = self.node.registrations(
+                            app.as_deref(),
+                            version.as_deref(),
+                            host.as_deref(),
+                        );
+                        json_ok(&regs.iter().map(V1Registration::from).collect::<Vec<_>>())
+                    }
+                    Method::POST => {
+                        let body: RegisterBody = req.json()?;
+                        let key = RegKey::new(&body.app, &body.version, &body.host, body.port)?;
+                        let ttl = parse_ttl(&body.ttl)?;
+                        let live = self.node.register(key, ttl, body.meta).await?;
+                        json_ok(&V1Registration::from(&live))
+                    }
+                    _ => Err(ApiError::method_not_allowed("GET, POST")),
                 }
-                Method::POST => {
-                    let body: RegisterBody = req.json()?;
-                    let key = RegKey::new(&body.app, &body.version, &body.host, body.port)?;
-                    let ttl = parse_ttl(&body.ttl)?;
-                    let live = self.node.register(key, ttl, body.meta).await?;
-                    json_ok(&V1Registration::from(&live))
-                }
-                _ => Err(ApiError::method_not_allowed("GET, POST")),
-            },
+            }
             ["v1", "registrations", app, version, host, port] => {
+                *label = "/v1/registrations/:app/:version/:host/:port";
                 let key = RegKey::new(app, version, host, model::parse_port("port", port)?)?;
                 match *m {
                     Method::GET => {
@@ -400,22 +477,48 @@ impl Api {
                     _ => Err(ApiError::method_not_allowed("GET, DELETE")),
                 }
             }
-            ["v1", "members"] => match *m {
-                Method::GET => ok(json!(self.node.members())),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["v1", "status"] => match *m {
-                Method::GET => ok(self.status()),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["v1", "events"] => match *m {
-                Method::GET => Ok(self.events()),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["health"] => match *m {
-                Method::GET => ok(json!({"status": "ok"})),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
+            ["v1", "members"] => {
+                *label = "/v1/members";
+                match *m {
+                    Method::GET => ok(json!(self.node.members())),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["v1", "status"] => {
+                *label = "/v1/status";
+                match *m {
+                    Method::GET => ok(self.status()),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["v1", "events"] => {
+                *label = "/v1/events";
+                match *m {
+                    Method::GET => Ok(self.events()),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["health"] => {
+                *label = "/health";
+                match *m {
+                    Method::GET => ok(json!({"status": "ok"})),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["metrics"] => {
+                *label = "/metrics";
+                match *m {
+                    Method::GET => Ok(self.metrics_text()),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
+            ["ready"] => {
+                *label = "/ready";
+                match *m {
+                    Method::GET => self.ready(),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
             _ => Err(ApiError::not_found("Not found")),
         }
     }
@@ -500,6 +603,27 @@ impl Api {
         }
     }
 
+    fn metrics_text(&self) -> Response {
+        let mut resp = self.metrics.encode().into_response();
+        resp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// 200 once the node has caught up with its peers and every other stage is ready (the last
+    /// apply succeeded); 503 `NOT_READY` with the reason otherwise.
+    fn ready(&self) -> Result<Response> {
+        if !self.node.is_ready() {
+            return Err(ApiError::not_ready("waiting to catch up with peers"));
+        }
+        if let Some(hook) = &self.hooks.ready {
+            hook().map_err(ApiError::not_ready)?;
+        }
+        ok(json!({"status": "ready"}))
+    }
+
     fn status(&self) -> Value {
         let (live, backends, frontends, leases) = self.node.counts();
         let members = self.node.members();
@@ -514,7 +638,7 @@ impl Api {
             "backends": backends,
             "frontends": frontends,
         });
-        if let Some(hook) = &self.status {
+        if let Some(hook) = &self.hooks.status {
             if let (Some(m), Value::Object(extra)) = (v.as_object_mut(), hook()) {
                 m.extend(extra);
             }
