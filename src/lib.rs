@@ -22,6 +22,8 @@
 //! See ARCHITECTURE.md for the invariants and why they hold.
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod events;

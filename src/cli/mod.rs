@@ -1,0 +1,273 @@
+//! The `bender` command line: `agent` runs a node; the other subcommands are the operator's
+//! tools and talk to a node's HTTP API (address from `--addr` or `BENDER_ADDR`).
+
+mod ops;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use ops::run_operator_command;
+
+/// Parses a duration flag, with an error that says what is valid.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| "expected a duration such as \"500ms\", \"4s\" or \"1m\"".to_string())
+}
+
+/// Parses `key=value`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "bender",
+    version,
+    about = "A distributed, expiring service registry that drives HAProxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a bender node.
+    Agent(AgentArgs),
+    /// Register an app instance once, or keep it registered until SIGTERM (sidecar mode).
+    Register(RegisterArgs),
+    /// Deregister an app instance now.
+    Deregister(InstanceArgs),
+    /// List registrations, backends or frontends.
+    List(ListArgs),
+    /// Show the cluster's members.
+    Members(OutputArgs),
+    /// Create, update, delete or switch backends (blue/green).
+    Backend(BackendArgs),
+    /// Create, update, delete or switch frontends (blue/green).
+    Frontend(FrontendArgs),
+    /// Show a node's status.
+    Status(OutputArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Config file (TOML); flags override its values.
+    #[arg(long, env = "BENDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unique id of this node in the cluster [default: the host name].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Cluster id; nodes only gossip with nodes of the same cluster [default: bender].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// HTTP API listen address [default: 0.0.0.0:1729].
+    #[arg(long)]
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// Gossip (UDP) listen address [default: 0.0.0.0:1730].
+    #[arg(long)]
+    pub gossip_listen: Option<std::net::SocketAddr>,
+    /// Gossip address peers use to reach this node [default: derived from the listen address].
+    #[arg(long)]
+    pub gossip_advertise: Option<std::net::SocketAddr>,
+    /// A peer's gossip address (HOST:PORT); repeat for several.
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// TTL of registrations that do not give one, e.g. "500ms", "4s" [default: 4s].
+    #[arg(long, value_parser = duration)]
+    pub default_ttl: Option<Duration>,
+    /// Longest TTL a client may ask for [default: 1h].
+    #[arg(long, value_parser = duration)]
+    pub max_ttl: Option<Duration>,
+    /// Time between gossip rounds [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub gossip_interval: Option<Duration>,
+    /// Directory for the node's snapshot [default: none, nothing kept across restarts].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the node's API is.
+#[derive(Args, Clone)]
+pub struct Connect {
+    /// Node API address(es), `host:port` or URL; comma-separated or repeated, tried in turn.
+    #[arg(
+        long = "addr",
+        env = "BENDER_ADDR",
+        default_value = "127.0.0.1:1729",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub addrs: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct OutputArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct InstanceArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    pub app: String,
+    pub version: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Lease TTL, e.g. "10s" [default: the node's default TTL].
+    #[arg(long, value_parser = duration)]
+    pub ttl: Option<Duration>,
+    /// Metadata, KEY=VALUE; repeat for several (e.g. --meta weight=10 --meta zone=a).
+    #[arg(long, value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+    /// Keep renewing at a third of the TTL until SIGTERM/SIGINT, then deregister.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ListWhat {
+    Registrations,
+    Backends,
+    Frontends,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[arg(value_enum, default_value = "registrations")]
+    pub what: ListWhat,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Only this app (registrations).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only this version (registrations).
+    #[arg(long)]
+    pub version: Option<String>,
+}
+
+#[derive(Args)]
+pub struct BackendArgs {
+    #[command(subcommand)]
+    pub action: BackendAction,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+#[derive(Args, Default)]
+pub struct BackendFields {
+    /// App served by the backend.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Version of the app served (blue/green: switch it).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// roundrobin, static-rr, leastconn, first, source or random.
+    #[arg(long)]
+    pub balance: Option<String>,
+    /// http or tcp.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Path of an HTTP health check (e.g. /health).
+    #[arg(long)]
+    pub health_path: Option<String>,
+    /// Options appended to every server line (e.g. "maxconn 100").
+    #[arg(long)]
+    pub server_options: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum BackendAction {
+    /// Show one backend.
+    Get { name: String },
+    /// Create a backend.
+    Create {
+        name: String,
+        #[command(flatten)]
+        fields: BackendFields,
+    },
+    /// Change some fields of a backend (the rest is kept).
+    Update {
+        name: String,
+        #[command(flatten)]
+        fields: BackendFields,
+    },
+    /// Point a backend at another version of its app, in one call (blue/green).
+    Switch {
+        name: String,
+        /// The version to serve.
+        #[arg(long)]
+        version: String,
+    },
+    /// Delete a backend.
+    Delete { name: String },
+}
+
+#[derive(Args, Default)]
+pub struct FrontendFields {
+    /// Backend served by default.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Bind address, e.g. "*:80".
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// http or tcp.
+    #[arg(long)]
+    pub mode: Option<String>,
+}
+
+#[derive(Args)]
+pub struct FrontendArgs {
+    #[command(subcommand)]
+    pub action: FrontendAction,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+#[derive(Subcommand)]
+pub enum FrontendAction {
+    /// Show one frontend.
+    Get { name: String },
+    /// Create a frontend.
+    Create {
+        name: String,
+        #[command(flatten)]
+        fields: FrontendFields,
+    },
+    /// Change some fields of a frontend (the rest is kept).
+    Update {
+        name: String,
+        #[command(flatten)]
+        fields: FrontendFields,
+    },
+    /// Point a frontend at another backend, in one call (blue/green).
+    Switch {
+        name: String,
+        /// The backend to serve.
+        #[arg(long)]
+        backend: String,
+    },
+    /// Delete a frontend.
+    Delete { name: String },
+}

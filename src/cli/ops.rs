@@ -1,0 +1,428 @@
+//! The operator's subcommands: each is one or a few API calls and a table (or `--json`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::{
+    BackendAction, BackendFields, Command, Connect, FrontendAction, FrontendFields, InstanceArgs,
+    ListWhat, OutputArgs, RegisterArgs,
+};
+use crate::client::{Client, ClientError};
+
+fn client(c: &Connect) -> Client {
+    Client::new(&c.addrs)
+}
+
+/// Runs an operator subcommand; errors are one line on stderr and exit code 1.
+pub fn run_operator_command(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Register(args) => register(args),
+        Command::Deregister(args) => deregister(&args).map(|_| ()),
+        Command::List(args) => list(args.what, &args.output, args.app, args.version),
+        Command::Members(out) => members(&out),
+        Command::Status(out) => status(&out),
+        Command::Backend(args) => backend(&client(&args.connect), args.action),
+        Command::Frontend(args) => frontend(&client(&args.connect), args.action),
+        Command::Agent(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled by main")
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bender: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn instance_path(i: &InstanceArgs) -> String {
+    format!(
+        "/v1/registrations/{}/{}/{}/{}",
+        i.app, i.version, i.host, i.port
+    )
+}
+
+fn register_once(client: &Client, args: &RegisterArgs) -> Result<Value, ClientError> {
+    let i = &args.instance;
+    let mut body = json!({"app": i.app, "version": i.version, "host": i.host, "port": i.port});
+    if let Some(ttl) = args.ttl {
+        body["ttl"] = json!(ttl.as_millis() as u64);
+    }
+    if !args.meta.is_empty() {
+        let meta: Map<String, Value> = args
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        body["meta"] = Value::Object(meta);
+    }
+    client.call("POST", "/v1/registrations", Some(&body))
+}
+
+fn register(args: RegisterArgs) -> Result<(), ClientError> {
+    let client = client(&args.instance.connect);
+    let first = register_once(&client, &args)?;
+    let i = &args.instance;
+    if !args.keep {
+        println!(
+            "registered {}@{} {}:{} until {}",
+            i.app,
+            i.version,
+            i.host,
+            i.port,
+            first["expires"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    let ttl = Duration::from_millis(first["ttl_ms"].as_u64().unwrap_or(4000));
+    let every = (ttl / 3).max(Duration::from_millis(50));
+    eprintln!(
+        "bender: keeping {}@{} {}:{} registered (renewing every {}); SIGTERM or Ctrl-C deregisters",
+        i.app,
+        i.version,
+        i.host,
+        i.port,
+        humantime::format_duration(every)
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Unreachable {
+            addr: "local".into(),
+            message: format!("cannot start the runtime: {e}"),
+        })?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+        let mut int =
+            signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A failed renewal is retried at the next tick (and on the next address);
+                    // the lease outlives two missed renewals.
+                    if let Err(e) = register_once(&client, &args) {
+                        eprintln!("bender: renewal failed: {e}");
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+    });
+    deregister(&args.instance)?;
+    eprintln!("bender: deregistered");
+    Ok(())
+}
+
+fn deregister(i: &InstanceArgs) -> Result<Value, ClientError> {
+    client(&i.connect).call("DELETE", &instance_path(i), None)
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print(out: &OutputArgs, value: &Value, as_table: impl FnOnce(&Value)) {
+    if out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        as_table(value);
+    }
+}
+
+fn list(
+    what: ListWhat,
+    out: &OutputArgs,
+    app: Option<String>,
+    version: Option<String>,
+) -> Result<(), ClientError> {
+    let client = client(&out.connect);
+    match what {
+        ListWhat::Registrations => {
+            let mut query = Vec::new();
+            if let Some(a) = &app {
+                query.push(format!("app={a}"));
+            }
+            if let Some(v) = &version {
+                query.push(format!("version={v}"));
+            }
+            let path = format!("/v1/registrations?{}", query.join("&"));
+            let v = client.call("GET", &path, None)?;
+            print(out, &v, |v| {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            s(&r["app"]),
+                            s(&r["version"]),
+                            format!("{}:{}", s(&r["host"]), s(&r["port"])),
+                            format!("{}ms", s(&r["ttl_ms"])),
+                            s(&r["expires"]),
+                        ]
+                    })
+                    .collect();
+                table(&["APP", "VERSION", "ADDRESS", "TTL", "EXPIRES"], rows);
+            });
+        }
+        ListWhat::Backends => {
+            let v = client.call("GET", "/v1/backends", None)?;
+            print(out, &v, |v| {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        vec![
+                            s(&b["name"]),
+                            s(&b["app"]),
+                            s(&b["version"]),
+                            s(&b["balance"]),
+                            s(&b["mode"]),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "APP", "VERSION", "BALANCE", "MODE"], rows);
+            });
+        }
+        ListWhat::Frontends => {
+            let v = client.call("GET", "/v1/frontends", None)?;
+            print(out, &v, |v| {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        vec![
+                            s(&f["name"]),
+                            s(&f["backend"]),
+                            s(&f["bind"]),
+                            s(&f["mode"]),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "BACKEND", "BIND", "MODE"], rows);
+            });
+        }
+    }
+    Ok(())
+}
+
+fn members(out: &OutputArgs) -> Result<(), ClientError> {
+    let v = client(&out.connect).call("GET", "/v1/members", None)?;
+    print(out, &v, |v| {
+        let rows = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                vec![
+                    format!(
+                        "{}{}",
+                        s(&m["node_id"]),
+                        if m["is_self"] == true { " (this)" } else { "" }
+                    ),
+                    if m["live"] == true { "live" } else { "dead" }.to_string(),
+                    s(&m["gossip_addr"]),
+                    s(&m["api_addr"]),
+                    m["clock_offset_ms"]
+                        .as_i64()
+                        .map(|o| format!("{o}ms"))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(&["NODE", "STATE", "GOSSIP", "API", "CLOCK OFFSET"], rows);
+    });
+    Ok(())
+}
+
+fn status(out: &OutputArgs) -> Result<(), ClientError> {
+    let v = client(&out.connect).call("GET", "/v1/status", None)?;
+    print(out, &v, |v| {
+        for key in [
+            "node_id",
+            "cluster_id",
+            "ready",
+            "members_live",
+            "registrations_live",
+            "backends",
+            "frontends",
+        ] {
+            println!("{key:<20} {}", s(&v[key]));
+        }
+        if let Some(applies) = v["templates"].as_array() {
+            let rows = applies
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(&t["name"]),
+                        s(&t["result"]),
+                        s(&t["last_apply"]),
+                        s(&t["reloads"]),
+                        s(&t["error"]),
+                    ]
+                })
+                .collect();
+            println!();
+            table(
+                &["TEMPLATE", "RESULT", "LAST APPLY", "RELOADS", "ERROR"],
+                rows,
+            );
+        }
+    });
+    Ok(())
+}
+
+fn set_opt(body: &mut Map<String, Value>, key: &str, v: &Option<String>) {
+    if let Some(v) = v {
+        body.insert(key.into(), json!(v));
+    }
+}
+
+fn backend_body(base: Map<String, Value>, f: &BackendFields) -> Value {
+    let mut body = base;
+    body.remove("resource");
+    set_opt(&mut body, "app", &f.app);
+    set_opt(&mut body, "version", &f.version);
+    set_opt(&mut body, "balance", &f.balance);
+    set_opt(&mut body, "mode", &f.mode);
+    set_opt(&mut body, "server_options", &f.server_options);
+    if let Some(p) = &f.health_path {
+        body.insert("health_check".into(), json!({"path": p}));
+    }
+    Value::Object(body)
+}
+
+/// Reads an entity, applies `change`, writes it back whole.
+fn read_modify_write(
+    client: &Client,
+    path: &str,
+    change: impl FnOnce(Map<String, Value>) -> Value,
+) -> Result<Value, ClientError> {
+    let current = client.call("GET", path, None)?;
+    let mut map = current.as_object().cloned().unwrap_or_default();
+    map.remove("resource");
+    let body = change(map);
+    client.call("PUT", path, Some(&body))
+}
+
+fn show(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
+    match action {
+        BackendAction::Get { name } => {
+            show(&client.call("GET", &format!("/v1/backends/{name}"), None)?)
+        }
+        BackendAction::Create { name, fields } => {
+            let mut base = Map::new();
+            base.insert("name".into(), json!(name));
+            show(&client.call("POST", "/v1/backends", Some(&backend_body(base, &fields)))?);
+        }
+        BackendAction::Update { name, fields } => {
+            let path = format!("/v1/backends/{name}");
+            show(&read_modify_write(client, &path, |m| {
+                backend_body(m, &fields)
+            })?);
+        }
+        BackendAction::Switch { name, version } => {
+            let path = format!("/v1/backends/{name}");
+            let fields = BackendFields {
+                version: Some(version),
+                ..Default::default()
+            };
+            let v = read_modify_write(client, &path, |m| backend_body(m, &fields))?;
+            println!(
+                "backend {name} now serves {}@{}",
+                s(&v["app"]),
+                s(&v["version"])
+            );
+        }
+        BackendAction::Delete { name } => {
+            client.call("DELETE", &format!("/v1/backends/{name}"), None)?;
+            println!("backend {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn frontend_body(base: Map<String, Value>, f: &FrontendFields) -> Value {
+    let mut body = base;
+    body.remove("resource");
+    set_opt(&mut body, "backend", &f.backend);
+    set_opt(&mut body, "bind", &f.bind);
+    set_opt(&mut body, "mode", &f.mode);
+    Value::Object(body)
+}
+
+fn frontend(client: &Client, action: FrontendAction) -> Result<(), ClientError> {
+    match action {
+        FrontendAction::Get { name } => {
+            show(&client.call("GET", &format!("/v1/frontends/{name}"), None)?)
+        }
+        FrontendAction::Create { name, fields } => {
+            let mut base = Map::new();
+            base.insert("name".into(), json!(name));
+            show(&client.call("POST", "/v1/frontends", Some(&frontend_body(base, &fields)))?);
+        }
+        FrontendAction::Update { name, fields } => {
+            let path = format!("/v1/frontends/{name}");
+            show(&read_modify_write(client, &path, |m| {
+                frontend_body(m, &fields)
+            })?);
+        }
+        FrontendAction::Switch { name, backend } => {
+            let path = format!("/v1/frontends/{name}");
+            let fields = FrontendFields {
+                backend: Some(backend),
+                ..Default::default()
+            };
+            let v = read_modify_write(client, &path, |m| frontend_body(m, &fields))?;
+            println!("frontend {name} now serves backend {}", s(&v["backend"]));
+        }
+        FrontendAction::Delete { name } => {
+            client.call("DELETE", &format!("/v1/frontends/{name}"), None)?;
+            println!("frontend {name} deleted");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The template context: a sorted, stable projection of the node's view.
+//!
+//! The context holds only what HAProxy should serve. Lease deadlines, renewal times and clock
+//! offsets are left out on purpose: they change on every renewal, and a context that changed
+//! with them would rewrite the config and reload HAProxy every few seconds for nothing.
+//! Every list is sorted and every map is a `BTreeMap`, so the same view renders the same bytes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cluster::NodeView;
+use crate::model::{Balance, Backend, Frontend, HealthCheck, Mode};
+use crate::registry::LiveRegistration;
+
+/// Everything a template sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderContext {
+    pub node: NodeCtx,
+    pub members: Vec<MemberCtx>,
+    pub frontends: Vec<FrontendCtx>,
+    pub backends: Vec<BackendCtx>,
+    pub registrations: Vec<RegistrationCtx>,
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeCtx {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberCtx {
+    pub node_id: String,
+    pub gossip_addr: String,
+    pub api_addr: Option<String>,
+    pub live: bool,
+    pub is_self: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FrontendCtx {
+    pub name: String,
+    /// The backend the frontend names, whether or not it exists.
+    pub backend: String,
+    /// `backend` when it exists and has the frontend's mode; otherwise null, and the default
+    /// template leaves `default_backend` out (HAProxy answers 503) rather than render a config
+    /// that `haproxy -c` rejects and that would block every other change.
+    pub default_backend: Option<String>,
+    pub bind: String,
+    pub mode: Mode,
+    pub rules: Vec<RuleCtx>,
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleCtx {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub backend: String,
+    /// False when the rule cannot be rendered: its backend is missing or of another mode, or
+    /// the frontend is in TCP mode (host and path need HTTP).
+    pub usable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendCtx {
+    pub name: String,
+    pub app: String,
+    pub version: String,
+    pub balance: Balance,
+    pub mode: Mode,
+    pub health_check: Option<HealthCheck>,
+    pub server_options: Option<String>,
+    pub extra: Vec<String>,
+    /// Live registrations of app@version, sorted by (host, port).
+    pub servers: Vec<ServerCtx>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerCtx {
+    /// Stable HAProxy server name `app-version-host-port` (characters outside
+    /// `[A-Za-z0-9._-]` become `_`). Stable names let `server-state-file` carry health state
+    /// across reloads, and since the name contains the address a saved state can never move a
+    /// server to another address.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// `host:port`, with IPv6 hosts in brackets, ready for a `server` line.
+    pub address: String,
+    pub meta: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistrationCtx {
+    pub id: String,
+    pub app: String,
+    pub version: String,
+    pub host: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Replaces every character HAProxy does not accept in an identifier.
+pub fn sanitize_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn server(reg: &LiveRegistration) -> ServerCtx {
+    let k = &reg.key;
+    let address = if k.host.contains(':') {
+        format!("[{}]:{}", k.host, k.port)
+    } else {
+        format!("{}:{}", k.host, k.port)
+    };
+    ServerCtx {
+        name: sanitize_name(&format!("{}-{}-{}-{}", k.app, k.version, k.host, k.port)),
+        host: k.host.clone(),
+        port: k.port,
+        address,
+        meta: reg.meta.clone(),
+    }
+}
+
+fn backend(nv: &NodeView, b: &Backend) -> BackendCtx {
+    BackendCtx {
+        name: b.name.clone(),
+        app: b.app.clone(),
+        version: b.version.clone(),
+        balance: b.balance,
+        mode: b.mode,
+        health_check: b.health_check.clone(),
+        server_options: b.server_options.clone(),
+        extra: b.extra.clone(),
+        servers: nv.view.servers_of(&b.app, &b.version).map(server).collect(),
+    }
+}
+
+fn frontend(nv: &NodeView, f: &Frontend) -> FrontendCtx {
+    let compatible = |name: &str| {
+        nv.view
+            .backends
+            .get(name)
+            .is_some_and(|b| b.mode == f.mode)
+    };
+    FrontendCtx {
+        name: f.name.clone(),
+        backend: f.backend.clone(),
+        default_backend: compatible(&f.backend).then(|| f.backend.clone()),
+        bind: f.bind.clone(),
+        mode: f.mode,
+        rules: f
+            .rules
+            .iter()
+            .map(|r| RuleCtx {
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone(),
+                backend: r.backend.clone(),
+                usable: f.mode == Mode::Http && compatible(&r.backend),
+            })
+            .collect(),
+        extra: f.extra.clone(),
+    }
+}
+
+/// Builds the context for one template from the node's view.
+pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> RenderContext {
+    RenderContext {
+        node: NodeCtx {
+            id: node_id.to_string(),
+        },
+        members: nv
+            .members
+            .iter()
+            .map(|m| MemberCtx {
+                node_id: m.node_id.clone(),
+                gossip_addr: m.gossip_addr.to_string(),
+                api_addr: m.api_addr.clone(),
+                live: m.live,
+                is_self: m.is_self,
+            })
+            .collect(),
+        // The view's maps are BTreeMaps keyed by name / registration key: already sorted.
+        frontends: nv.view.frontends.values().map(|f| frontend(nv, f)).collect(),
+        backends: nv.view.backends.values().map(|b| backend(nv, b)).collect(),
+        registrations: nv
+            .view
+            .registrations
+            .values()
+            .map(|r| RegistrationCtx {
+                id: r.key.id(),
+                app: r.key.app.clone(),
+                version: r.key.version.clone(),
+                host: r.key.host.clone(),
+                port: r.key.port,
+                meta: r.meta.clone(),
+            })
+            .collect(),
+        vars: vars.clone(),
+    }
+}

@@ -1,0 +1,209 @@
+//! The operator's CLI against running nodes: every subcommand, and the sidecar that keeps a
+//! registration alive and removes it at once on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Http, TestCluster};
+use serde_json::Value;
+
+fn bender(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
+        .args(args)
+        .env("BENDER_ADDR", addr)
+        .output()
+        .expect("run bender");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(addr: &str, args: &[&str]) -> Value {
+    let (code, out, err) = bender(addr, args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+#[test]
+fn every_operator_subcommand_against_a_two_node_cluster() {
+    let c = TestCluster::start(2);
+    c.wait_members(2);
+    let a = c.node(0).api.clone();
+    let b = c.node(1).api.clone();
+
+    let (code, out, err) = bender(
+        &a,
+        &[
+            "register", "web", "1", "10.0.0.1", "8080", "--ttl", "30s", "--meta", "zone=a",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("registered web@1 10.0.0.1:8080"), "{out}");
+    wait_until(Duration::from_secs(10), "the other node lists it", || {
+        json(&b, &["list", "--json"])
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
+    });
+    let listed = json(&b, &["list", "registrations", "--app", "web", "--json"]);
+    assert_eq!(listed[0]["meta"]["zone"], "a");
+    let (_, table, _) = bender(&b, &["list"]);
+    assert!(table.starts_with("APP"), "{table}");
+    assert!(table.contains("10.0.0.1:8080"), "{table}");
+
+    let members = json(&a, &["members", "--json"]);
+    assert_eq!(members.as_array().unwrap().len(), 2);
+    let (_, table, _) = bender(&a, &["members"]);
+    assert!(
+        table.contains("node0 (this)") && table.contains("live"),
+        "{table}"
+    );
+
+    // Blue/green with the CLI.
+    let (code, _, err) = bender(
+        &a,
+        &[
+            "backend",
+            "create",
+            "web",
+            "--app",
+            "web",
+            "--version",
+            "1",
+            "--balance",
+            "leastconn",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = bender(&b, &["backend", "switch", "web", "--version", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("now serves web@2"), "{out}");
+    wait_until(Duration::from_secs(10), "the switch reaches node 0", || {
+        json(&a, &["list", "backends", "--json"])[0]["version"] == "2"
+    });
+    // The switch kept the other fields.
+    assert_eq!(
+        json(&a, &["list", "backends", "--json"])[0]["balance"],
+        "leastconn"
+    );
+    let (code, _, err) = bender(
+        &a,
+        &["backend", "update", "web", "--health-path", "/health"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&a, &["backend", "get", "web"])["health_check"]["path"],
+        "/health"
+    );
+
+    let (code, _, err) = bender(
+        &a,
+        &[
+            "frontend",
+            "create",
+            "www",
+            "--backend",
+            "web",
+            "--bind",
+            "127.0.0.1:8080",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = bender(&a, &["frontend", "switch", "www", "--backend", "web2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&a, &["frontend", "get", "www"])["backend"], "web2");
+    let (_, table, _) = bender(&a, &["list", "frontends"]);
+    assert!(
+        table.contains("web2") && table.contains("127.0.0.1:8080"),
+        "{table}"
+    );
+    let (code, _, _) = bender(&a, &["frontend", "delete", "www"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = bender(&a, &["backend", "delete", "web"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = bender(&a, &["backend", "delete", "web"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+
+    let status = json(&a, &["status", "--json"]);
+    assert_eq!(status["node_id"], "node0");
+    let (_, table, _) = bender(&a, &["status"]);
+    assert!(table.contains("registrations_live"), "{table}");
+
+    let (code, _, _) = bender(&a, &["deregister", "web", "1", "10.0.0.1", "8080"]);
+    assert_eq!(code, 0);
+    wait_until(
+        Duration::from_secs(10),
+        "the deregistration reaches node 1",
+        || {
+            json(&b, &["list", "--json"])
+                .as_array()
+                .is_some_and(|l| l.is_empty())
+        },
+    );
+
+    // A dead first address falls through to the next one.
+    let both = format!("127.0.0.1:1,{a}");
+    assert!(json(&both, &["members", "--json"]).is_array());
+    let (code, _, err) = bender("127.0.0.1:1", &["members"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach bender"), "{err}");
+}
+
+#[test]
+fn the_sidecar_renews_and_deregisters_at_once_on_sigterm() {
+    let c = TestCluster::start(2);
+    c.wait_members(2);
+    let http = Http::new();
+    let mut sidecar = Command::new(env!("CARGO_BIN_EXE_bender"))
+        .args([
+            "register", "side", "1", "10.0.0.5", "9000", "--ttl", "1500ms", "--keep",
+        ])
+        .env("BENDER_ADDR", &c.node(0).api)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let other = c.url(1, "/registrations/side");
+    wait_until(
+        Duration::from_secs(10),
+        "the other node sees the sidecar's registration",
+        || {
+            http.get(&other)
+                .body
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        },
+    );
+    // It stays live across several TTLs because the sidecar renews.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        assert_eq!(
+            http.get(&other).body.as_array().unwrap().len(),
+            1,
+            "lapsed while renewing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(sidecar.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = sidecar.wait().unwrap();
+    assert!(status.success());
+    // Gone at once: the sidecar deregistered before exiting. Renewals came every 500ms with a
+    // 1.5s TTL, so natural expiry would take at least a second; we require under half that.
+    let gone_at = Instant::now();
+    wait_until(Duration::from_secs(10), "the registration is gone", || {
+        http.get(&other)
+            .body
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    assert!(
+        gone_at.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        gone_at.elapsed()
+    );
+}
