@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::registry::View;
+use crate::model::{Backend, Frontend};
+use crate::registry::{LiveRegistration, View};
 
 /// One member of the cluster as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub node_id: String,
     pub gossip_addr: SocketAddr,
@@ -29,4 +30,47 @@ pub struct NodeView {
     /// False until the node has caught up with its peers (or the warm-up ran out): stages that
     /// act on the view (rendering HAProxy config) must wait for it.
     pub ready: bool,
+}
+
+/// A node's view as JSON (`GET /v1/state`, and the state file `bender render --state` reads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDump {
+    pub node_id: String,
+    pub registrations: Vec<LiveRegistration>,
+    pub backends: Vec<Backend>,
+    pub frontends: Vec<Frontend>,
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+impl StateDump {
+    pub fn new(node_id: &str, view: &View, members: Vec<Member>) -> Self {
+        StateDump {
+            node_id: node_id.to_string(),
+            registrations: view.registrations.values().cloned().collect(),
+            backends: view.backends.values().cloned().collect(),
+            frontends: view.frontends.values().cloned().collect(),
+            members,
+        }
+    }
+
+    /// The view this dump describes (ready: it is a finished picture).
+    pub fn into_node_view(self) -> NodeView {
+        let mut view = View::default();
+        for r in self.registrations {
+            view.registrations.insert(r.key.clone(), r);
+        }
+        for b in self.backends {
+            view.backends.insert(b.name.clone(), b);
+        }
+        for f in self.frontends {
+            view.frontends.insert(f.name.clone(), f);
+        }
+        NodeView {
+            view,
+            members: self.members,
+            ready: true,
+        }
+    }
 }

@@ -93,7 +93,7 @@ pub struct Overrides {
 }
 
 /// The validated configuration the node runs with.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub node_id: String,
     pub cluster_id: String,
@@ -215,6 +215,49 @@ impl Config {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The keys whose change a running node cannot take up (SIGHUP applies the rest: the
+    /// templates and `[apply]`).
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |changed: bool, key: &'static str| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        check(self.node_id != new.node_id, "node_id");
+        check(self.cluster_id != new.cluster_id, "cluster_id");
+        check(self.api_listen != new.api_listen, "api_listen");
+        check(self.api_advertise != new.api_advertise, "api_advertise");
+        check(self.gossip_listen != new.gossip_listen, "gossip_listen");
+        check(
+            self.gossip_advertise != new.gossip_advertise,
+            "gossip_advertise",
+        );
+        check(self.seeds != new.seeds, "seeds");
+        check(self.gossip_allow != new.gossip_allow, "gossip_allow");
+        check(self.default_ttl != new.default_ttl, "default_ttl");
+        check(self.min_ttl != new.min_ttl, "min_ttl");
+        check(self.max_ttl != new.max_ttl, "max_ttl");
+        check(
+            self.gossip_interval != new.gossip_interval,
+            "gossip_interval",
+        );
+        check(self.data_dir != new.data_dir, "data_dir");
+        check(self.warmup != new.warmup, "warmup");
+        check(self.lease_gc_grace != new.lease_gc_grace, "lease_gc_grace");
+        check(self.tombstone_ttl != new.tombstone_ttl, "tombstone_ttl");
+        check(
+            self.dead_node_grace != new.dead_node_grace,
+            "dead_node_grace",
+        );
+        check(
+            self.clock_offset_warn != new.clock_offset_warn,
+            "clock_offset_warn",
+        );
+        check(self.max_body_bytes != new.max_body_bytes, "max_body_bytes");
+        keys
     }
 
     /// Checks every value and their relations.

@@ -38,4 +38,4 @@ pub mod snapshot;
 pub mod transport;
 
 mod run;
-pub use run::run;
+pub use run::{run, run_with_reload, Reload, RunError};

@@ -94,7 +94,25 @@ fn agent(args: AgentArgs) -> ExitCode {
             wait_for_signal().await;
             trigger.trigger();
         });
-        match bender::run(config, shutdown).await {
+        // SIGHUP re-reads the config file and the templates.
+        let (hup_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup =
+                signal(SignalKind::hangup()).expect("installing a SIGHUP handler cannot fail");
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config");
+                if hup_tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let reload = bender::Reload {
+            path: config_path,
+            overrides,
+            requests,
+        };
+        match bender::run_with_reload(config, Some(reload), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "bender stopped");

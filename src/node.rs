@@ -491,6 +491,18 @@ impl Node {
         Ok(())
     }
 
+    /// This node's current view, computed now (exact, unlike the published one, which only
+    /// changes when what HAProxy serves changes).
+    pub fn current_view(&self) -> registry::View {
+        let now = self.now_ms();
+        self.inner
+            .local
+            .lock()
+            .expect("local lock")
+            .registry
+            .view(now)
+    }
+
     /// Cluster members as last computed.
     pub fn members(&self) -> Vec<Member> {
         self.inner.views.borrow().members.clone()

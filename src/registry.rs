@@ -334,7 +334,7 @@ impl Registry {
 }
 
 /// A live registration as the view shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveRegistration {
     pub key: RegKey,
     /// When the latest renewal happened (deadline - ttl).

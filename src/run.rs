@@ -1,16 +1,21 @@
-//! Wires the stages of one node together and runs them until shutdown.
+//! Wires the stages of one node together and runs them until shutdown: the node (gossip and
+//! registry), the HTTP API, the render stage, metrics, systemd readiness, and SIGHUP reloads.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::api::Hooks;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::hlc::SystemClock;
-use crate::metrics::Metrics;
+use crate::metrics::{FnCollector, Metrics};
 use crate::node::{Node, NodeError};
-use crate::shutdown::Shutdown;
+use crate::render::{RenderHandle, TemplateStatus};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +29,42 @@ pub enum RunError {
     Node(#[from] NodeError),
 }
 
+/// Where a reload (SIGHUP) reads the config from, and the requests to do so.
+pub struct Reload {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+    pub requests: mpsc::UnboundedReceiver<()>,
+}
+
+/// The render stage currently running, replaced on reload.
+struct RenderSlot {
+    handle: Option<RenderHandle>,
+    stop: Option<Arc<ShutdownTrigger>>,
+}
+
+type SharedRender = Arc<RwLock<RenderSlot>>;
+
+fn statuses(render: &SharedRender) -> Vec<TemplateStatus> {
+    render
+        .read()
+        .expect("render lock")
+        .handle
+        .as_ref()
+        .map(|h| h.status())
+        .unwrap_or_default()
+}
+
 /// Runs a node with `config` until `shutdown` fires, then drains every stage.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    run_with_reload(config, None, shutdown).await
+}
+
+/// [`run`], also re-reading the config file whenever `reload` asks.
+pub async fn run_with_reload(
+    config: Config,
+    reload: Option<Reload>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let api_addr = config.api_listen;
     // Bind the API first: a taken port should fail before gossip announces this node.
     let listener = crate::api::bind(api_addr)
@@ -37,38 +76,60 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let bound = listener.local_addr().unwrap_or(api_addr);
     let transport = crate::transport::AllowListTransport::new(config.gossip_allow.clone());
     let dropped = transport.dropped();
+    let running_config = config.clone();
     let node = Node::start(config, Arc::new(SystemClock), &transport).await?;
 
+    let render: SharedRender = Arc::new(RwLock::new(RenderSlot {
+        handle: None,
+        stop: None,
+    }));
+    start_render(&render, &running_config, &node, &shutdown);
+
     let metrics = Arc::new(Metrics::new());
-    metrics.register_collector(Box::new(crate::metrics::FnCollector(
-        move |enc: &mut prometheus_client::encoding::DescriptorEncoder| {
-            use prometheus_client::encoding::EncodeMetric;
-            let c = prometheus_client::metrics::counter::ConstCounter::new(
-                dropped.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            c.encode(enc.encode_descriptor(
-                "gossip_dropped",
-                "Gossip datagrams dropped because the sender is outside gossip_allow",
-                None,
-                c.metric_type(),
-            )?)
-        },
-    )));
+    register_collectors(&metrics, dropped, render.clone());
     let feeder = tokio::spawn(feed_metrics(
         node.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
     let notifier = tokio::spawn(notify_systemd_when_ready(node.clone(), shutdown.clone()));
+    let reloader = reload.map(|r| {
+        tokio::spawn(reload_loop(
+            r,
+            running_config,
+            node.clone(),
+            render.clone(),
+            shutdown.clone(),
+        ))
+    });
 
+    let mut hooks = Hooks::new(metrics);
+    let status_render = render.clone();
+    hooks.status = Some(Arc::new(
+        move || json!({ "templates": statuses(&status_render) }),
+    ));
+    let ready_render = render.clone();
+    hooks.ready = Some(Arc::new(move || {
+        match statuses(&ready_render).iter().find(|s| !s.ok) {
+            None => Ok(()),
+            Some(s) => Err(format!(
+                "template {}: {}",
+                s.name,
+                s.error
+                    .as_deref()
+                    .or(s.template_error.as_deref())
+                    .unwrap_or("not applied yet")
+            )),
+        }
+    }));
     info!(api = %bound, "API listening");
-    let hooks = Hooks::new(metrics);
     let api = tokio::spawn(crate::api::serve(
         node.clone(),
         listener,
         hooks,
         shutdown.clone(),
     ));
+
     let mut stop = shutdown;
     stop.wait().await;
     info!("shutting down");
@@ -76,10 +137,193 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     if let Err(e) = api.await {
         error!(error = %e, "API task failed");
     }
+    if let Some(r) = reloader {
+        let _ = r.await;
+    }
+    let handle = render.read().expect("render lock").handle.clone();
+    if let Some(h) = handle {
+        // An apply in progress finishes first: HAProxy is never left half-applied.
+        h.stopped().await;
+    }
     let _ = feeder.await;
     let _ = notifier.await;
     node.stop().await;
     Ok(())
+}
+
+/// Starts (or restarts) the render stage for `config`'s templates.
+fn start_render(render: &SharedRender, config: &Config, node: &Node, shutdown: &Shutdown) {
+    let mut slot = render.write().expect("render lock");
+    if let Some(old) = slot.stop.take() {
+        old.trigger();
+    }
+    slot.handle = None;
+    if config.templates.is_empty() {
+        return;
+    }
+    // The stage stops on node shutdown or when a reload replaces it.
+    let (trigger, stage_shutdown) = shutdown::channel();
+    let trigger = Arc::new(trigger);
+    let forward = trigger.clone();
+    let mut stage_done = trigger.subscribe();
+    let mut node_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = node_shutdown.wait() => forward.trigger(),
+            _ = stage_done.wait() => {}
+        }
+    });
+    slot.handle = Some(crate::render::spawn(
+        config.apply.clone(),
+        config.templates.clone(),
+        node.node_id().to_string(),
+        node.views(),
+        stage_shutdown,
+    ));
+    slot.stop = Some(trigger);
+}
+
+/// Re-reads the config on request: a bad file is refused (the running config stays); a good
+/// one restarts the render stage with its templates and `[apply]`; keys that need a restart
+/// are named in the log.
+async fn reload_loop(
+    mut reload: Reload,
+    mut current: Config,
+    node: Node,
+    render: SharedRender,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            req = reload.requests.recv() => if req.is_none() { return },
+            _ = shutdown.wait() => return,
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match Config::load(reload.path.as_deref(), reload.overrides.clone()) {
+            Err(e) => {
+                error!(error = %e, "config reload refused; the running config stays");
+            }
+            Ok(new) => {
+                let pending = current.needs_restart(&new);
+                if !pending.is_empty() {
+                    warn!(keys = ?pending, "config reload: these keys changed and take effect at the next restart");
+                }
+                start_render(&render, &new, &node, &shutdown);
+                info!(templates = new.templates.len(), "config reloaded");
+                current = new;
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Metrics that other stages keep: read at scrape time.
+fn register_collectors(
+    metrics: &Metrics,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    render: SharedRender,
+) {
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct TemplateLabels {
+        template: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ResultLabels {
+        template: String,
+        result: &'static str,
+    }
+
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(dropped.load(std::sync::atomic::Ordering::Relaxed));
+        c.encode(enc.encode_descriptor(
+            "gossip_dropped",
+            "Gossip datagrams dropped because the sender is outside gossip_allow",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let all = statuses(&render);
+        let now = std::time::SystemTime::now();
+        {
+            let mut m = enc.encode_descriptor(
+                "applies",
+                "Attempts to put a changed config in place, by result",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for s in &all {
+                for (result, n) in [
+                    ("ok", s.applies - s.failures.min(s.applies)),
+                    ("error", s.failures),
+                ] {
+                    let labels = ResultLabels {
+                        template: s.name.clone(),
+                        result,
+                    };
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        type Pick = fn(&TemplateStatus) -> Option<f64>;
+        let gauges: [(&str, &str, Pick); 5] = [
+            ("reloads", "Reloads sent to HAProxy (counter)", |s| {
+                Some(s.reloads as f64)
+            }),
+            (
+                "template_ok",
+                "1 when HAProxy runs the latest render of the template",
+                |s| Some(if s.ok { 1.0 } else { 0.0 }),
+            ),
+            ("render_seconds", "Duration of the last render", |s| {
+                s.last_render_seconds
+            }),
+            (
+                "validate_seconds",
+                "Duration of the last `haproxy -c`",
+                |s| s.last_check_seconds,
+            ),
+            ("renders", "Renders done (counter)", |s| {
+                Some(s.renders as f64)
+            }),
+        ];
+        for (name, help, pick) in gauges {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for s in &all {
+                if let Some(v) = pick(s) {
+                    let labels = TemplateLabels {
+                        template: s.name.clone(),
+                    };
+                    ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "seconds_since_last_successful_apply",
+            "Time since the template's config was last applied successfully",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for s in &all {
+            if let Some(t) = s.last_success {
+                let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
+                let labels = TemplateLabels {
+                    template: s.name.clone(),
+                };
+                ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    })));
 }
 
 /// Counts events and keeps the gauges in step with the published view.

@@ -15,7 +15,10 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (install iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (install iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -64,13 +67,26 @@ impl Hosts {
             let ns = h.ns(i);
             ip(&["netns", "add", &ns]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            for (kind, bridge, addr) in [("m", &bm, Self::mgmt_ip(i)), ("c", &bc, Self::cluster_ip(i))] {
+            for (kind, bridge, addr) in [
+                ("m", &bm, Self::mgmt_ip(i)),
+                ("c", &bc, Self::cluster_ip(i)),
+            ] {
                 let host_end = format!("{tag}{kind}{i}");
-                ip(&["link", "add", &host_end, "type", "veth", "peer", "name", "eth", "netns", &ns]);
+                ip(&[
+                    "link", "add", &host_end, "type", "veth", "peer", "name", "eth", "netns", &ns,
+                ]);
                 ip(&["-n", &ns, "link", "set", "eth", "name", &format!("{kind}0")]);
                 ip(&["link", "set", &host_end, "master", bridge]);
                 ip(&["link", "set", &host_end, "up"]);
-                ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &format!("{kind}0")]);
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    &format!("{kind}0"),
+                ]);
                 ip(&["-n", &ns, "link", "set", &format!("{kind}0"), "up"]);
             }
         }
@@ -80,22 +96,29 @@ impl Hosts {
     fn start(&mut self) {
         for i in 0..self.n {
             let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &self.ns(i), env!("CARGO_BIN_EXE_bender"), "agent"])
-                .args(["--node-id", &format!("host{i}")])
-                .args(["--api-listen", &format!("{}:1729", Self::mgmt_ip(i))])
-                .args(["--gossip-listen", &format!("{}:1730", Self::cluster_ip(i))])
-                .env("BENDER_LOG", "info")
-                .stdout(if std::env::var_os("BENDER_TEST_LOGS").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                });
+            cmd.args([
+                "netns",
+                "exec",
+                &self.ns(i),
+                env!("CARGO_BIN_EXE_bender"),
+                "agent",
+            ])
+            .args(["--node-id", &format!("host{i}")])
+            .args(["--api-listen", &format!("{}:1729", Self::mgmt_ip(i))])
+            .args(["--gossip-listen", &format!("{}:1730", Self::cluster_ip(i))])
+            .env("BENDER_LOG", "info")
+            .stdout(if std::env::var_os("BENDER_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
             for j in 0..self.n {
                 if j != i {
                     cmd.args(["--seed", &format!("{}:1730", Self::cluster_ip(j))]);
                 }
             }
-            self.children.push(cmd.spawn().expect("spawn bender in a namespace"));
+            self.children
+                .push(cmd.spawn().expect("spawn bender in a namespace"));
         }
     }
 
@@ -105,7 +128,12 @@ impl Hosts {
 
     /// Cuts (or restores) host `i`'s cluster link.
     fn cluster_link(&self, i: usize, up: bool) {
-        ip(&["link", "set", &format!("{}c{i}", self.tag), if up { "up" } else { "down" }]);
+        ip(&[
+            "link",
+            "set",
+            &format!("{}c{i}", self.tag),
+            if up { "up" } else { "down" },
+        ]);
     }
 }
 
@@ -116,7 +144,9 @@ impl Drop for Hosts {
             let _ = c.wait();
         }
         for i in 0..self.n {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
         }
         for b in ["m", "c"] {
             let _ = Command::new("ip")
@@ -150,7 +180,10 @@ fn a_partitioned_host_diverges_then_converges_when_healed() {
                 && live_members(&http, &url) == Some(3)
         });
     }
-    http.post_json(&hosts.url(0, "/backends"), r#"{"name":"web","app":"web","version":"v0"}"#);
+    http.post_json(
+        &hosts.url(0, "/backends"),
+        r#"{"name":"web","app":"web","version":"v0"}"#,
+    );
     for i in 0..3 {
         wait_until(WAIT, "the backend reaches every host", || {
             backend_version(&http, &hosts.url(i, "/backends/web")).as_deref() == Some("v0")
@@ -162,19 +195,35 @@ fn a_partitioned_host_diverges_then_converges_when_healed() {
     wait_until(WAIT, "host 0 sees host 2 as dead", || {
         live_members(&http, &hosts.url(0, "/v1/members")) == Some(2)
     });
-    let r = http.put_json(&hosts.url(0, "/backends/web"), r#"{"app":"web","version":"a"}"#);
+    let r = http.put_json(
+        &hosts.url(0, "/backends/web"),
+        r#"{"app":"web","version":"a"}"#,
+    );
     assert_eq!(r.status, 200);
     let reg = r#"{"app":"web","version":"a","host":"10.9.9.9","port":80,"ttl":"60s"}"#;
-    assert_eq!(http.post_json(&hosts.url(1, "/v1/registrations"), reg).status, 200);
+    assert_eq!(
+        http.post_json(&hosts.url(1, "/v1/registrations"), reg)
+            .status,
+        200
+    );
     wait_until(WAIT, "host 1 has host 0's update", || {
         backend_version(&http, &hosts.url(1, "/backends/web")).as_deref() == Some("a")
     });
     // The later write, on the partitioned side.
-    let r = http.put_json(&hosts.url(2, "/backends/web"), r#"{"app":"web","version":"b"}"#);
+    let r = http.put_json(
+        &hosts.url(2, "/backends/web"),
+        r#"{"app":"web","version":"b"}"#,
+    );
     assert_eq!(r.status, 200);
     // Neither side sees the other's writes while cut off.
-    assert_eq!(backend_version(&http, &hosts.url(0, "/backends/web")).as_deref(), Some("a"));
-    assert_eq!(http.get(&hosts.url(2, "/registrations/web")).body, Value::Array(vec![]));
+    assert_eq!(
+        backend_version(&http, &hosts.url(0, "/backends/web")).as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        http.get(&hosts.url(2, "/registrations/web")).body,
+        Value::Array(vec![])
+    );
 
     // Heal: every host converges on the later write and has the registration.
     hosts.cluster_link(2, true);

@@ -484,6 +484,17 @@ impl Api {
                     _ => Err(ApiError::method_not_allowed("GET")),
                 }
             }
+            ["v1", "state"] => {
+                *label = "/v1/state";
+                match *m {
+                    Method::GET => json_ok(&crate::cluster::StateDump::new(
+                        self.node.node_id(),
+                        &self.node.current_view(),
+                        self.node.members(),
+                    )),
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                }
+            }
             ["v1", "status"] => {
                 *label = "/v1/status";
                 match *m {

@@ -52,6 +52,8 @@ pub enum Command {
     Frontend(FrontendArgs),
     /// Show a node's status.
     Status(OutputArgs),
+    /// Render the templates once, from a running node or a state file (for template authors).
+    Render(RenderArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -110,6 +112,27 @@ pub struct Connect {
         global = true
     )]
     pub addrs: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RenderArgs {
+    /// Config file whose `[[template]]` blocks are rendered.
+    #[arg(long, env = "BENDER_CONFIG")]
+    pub config: PathBuf,
+    /// Read the view from this JSON file (what `GET /v1/state` returns) instead of a node.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Write each rendered template to DIR/NAME instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Validate each rendered file with its check command (by default `haproxy -c -f`).
+    #[arg(long)]
+    pub check: bool,
+    /// Only the template with this name.
+    #[arg(long)]
+    pub template: Option<String>,
+    #[command(flatten)]
+    pub connect: Connect,
 }
 
 #[derive(Args)]

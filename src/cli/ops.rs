@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     BackendAction, BackendFields, Command, Connect, FrontendAction, FrontendFields, InstanceArgs,
-    ListWhat, OutputArgs, RegisterArgs,
+    ListWhat, OutputArgs, RegisterArgs, RenderArgs,
 };
 use crate::client::{Client, ClientError};
 
@@ -25,6 +25,7 @@ pub fn run_operator_command(command: Command) -> ExitCode {
         Command::Status(out) => status(&out),
         Command::Backend(args) => backend(&client(&args.connect), args.action),
         Command::Frontend(args) => frontend(&client(&args.connect), args.action),
+        Command::Render(args) => return render(args),
         Command::Agent(_) | Command::Completions { .. } | Command::Man => {
             unreachable!("handled by main")
         }
@@ -425,4 +426,125 @@ fn frontend(client: &Client, action: FrontendAction) -> Result<(), ClientError> 
         }
     }
     Ok(())
+}
+
+/// `bender render`: the templates of a config file, rendered from a node's current view (or a
+/// state file), printed or written to a directory, optionally checked. Exit 1 on any failure.
+fn render(args: RenderArgs) -> ExitCode {
+    match render_inner(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bender: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render_inner(args: &RenderArgs) -> Result<bool, String> {
+    use crate::cluster::StateDump;
+    let config = crate::config::Config::load(Some(&args.config), Default::default())
+        .map_err(|e| e.to_string())?;
+    let templates: Vec<_> = config
+        .templates
+        .iter()
+        .filter(|t| args.template.as_ref().is_none_or(|n| *n == t.name))
+        .cloned()
+        .collect();
+    if templates.is_empty() {
+        return Err(format!(
+            "{} has no template{}",
+            args.config.display(),
+            args.template
+                .as_ref()
+                .map(|n| format!(" named {n:?}"))
+                .unwrap_or_default()
+        ));
+    }
+    let dump: StateDump = match &args.state {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => {
+            let v = client(&args.connect)
+                .call("GET", "/v1/state", None)
+                .map_err(|e| e.to_string())?;
+            serde_json::from_value(v).map_err(|e| format!("unexpected state from the node: {e}"))?
+        }
+    };
+    let node_id = dump.node_id.clone();
+    let nv = dump.into_node_view();
+    let rendered =
+        crate::render::render_once(&templates, &node_id, &nv).map_err(|e| e.to_string())?;
+    let mut all_ok = true;
+    for ((name, text), t) in rendered.iter().zip(&templates) {
+        let path = match &args.out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let p = dir.join(name);
+                std::fs::write(&p, text)
+                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+                eprintln!("bender: wrote {}", p.display());
+                Some(p)
+            }
+            None => {
+                if rendered.len() > 1 {
+                    println!("# ---- template {name} ----");
+                }
+                print!("{text}");
+                None
+            }
+        };
+        if args.check {
+            all_ok &= check_rendered(name, text, path.as_deref(), &t.check_command())?;
+        }
+    }
+    Ok(all_ok)
+}
+
+/// Runs a template's check command on the rendered text; prints what it said.
+fn check_rendered(
+    name: &str,
+    text: &str,
+    written: Option<&std::path::Path>,
+    argv: &[String],
+) -> Result<bool, String> {
+    if argv.is_empty() {
+        eprintln!("bender: {name}: no check configured");
+        return Ok(true);
+    }
+    let tmp;
+    let path = match written {
+        Some(p) => p.to_path_buf(),
+        None => {
+            tmp = std::env::temp_dir()
+                .join(format!("bender-render-{}-{name}.cfg", std::process::id()));
+            std::fs::write(&tmp, text)
+                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            tmp.clone()
+        }
+    };
+    let args: Vec<String> = argv
+        .iter()
+        .map(|a| a.replace(crate::render::CHECK_PLACEHOLDER, &path.to_string_lossy()))
+        .collect();
+    let out = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", args[0]));
+    if written.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let out = out?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprintln!("bender: {name}: check passed");
+        Ok(true)
+    } else {
+        eprintln!("bender: {name}: check failed:\n{}", said.trim_end());
+        Ok(false)
+    }
 }

@@ -333,7 +333,13 @@ mod tests {
             "{BASE}reload = {{ method = \"pidfile\", pidfile = \"/run/haproxy.pid\" }}"
         ))
         .unwrap();
-        assert!(matches!(t.reload, ReloadConfig::Pidfile { master_socket: None, .. }));
+        assert!(matches!(
+            t.reload,
+            ReloadConfig::Pidfile {
+                master_socket: None,
+                ..
+            }
+        ));
         let t = parse(&format!(
             "{BASE}reload = {{ method = \"command\", command = [\"systemctl\", \"reload\", \"haproxy\"] }}"
         ))

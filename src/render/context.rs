@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::cluster::NodeView;
-use crate::model::{Balance, Backend, Frontend, HealthCheck, Mode};
+use crate::model::{Backend, Balance, Frontend, HealthCheck, Mode};
 use crate::registry::LiveRegistration;
 
 /// Everything a template sees.
@@ -88,6 +88,9 @@ pub struct ServerCtx {
     pub port: u16,
     /// `host:port`, with IPv6 hosts in brackets, ready for a `server` line.
     pub address: String,
+    /// `meta.weight` when it is a valid HAProxy weight (0..=256), else null. Parsed here so
+    /// that one client's bad meta can never make the whole config fail `haproxy -c`.
+    pub weight: Option<u16>,
     pub meta: BTreeMap<String, String>,
 }
 
@@ -126,11 +129,32 @@ fn server(reg: &LiveRegistration) -> ServerCtx {
         host: k.host.clone(),
         port: k.port,
         address,
+        weight: reg
+            .meta
+            .get("weight")
+            .and_then(|w| w.parse::<u16>().ok())
+            .filter(|w| *w <= 256),
         meta: reg.meta.clone(),
     }
 }
 
-fn backend(nv: &NodeView, b: &Backend) -> BackendCtx {
+/// Live registrations grouped by (app, version), each group sorted by (host, port). Built once
+/// per render: looking each backend's servers up in the whole view would be quadratic.
+type ByApp<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a LiveRegistration>>;
+
+fn group_by_app(nv: &NodeView) -> ByApp<'_> {
+    let mut groups: ByApp<'_> = BTreeMap::new();
+    // The view is keyed by (app, version, host, port): each group comes out sorted.
+    for r in nv.view.registrations.values() {
+        groups
+            .entry((r.key.app.as_str(), r.key.version.as_str()))
+            .or_default()
+            .push(r);
+    }
+    groups
+}
+
+fn backend(by_app: &ByApp<'_>, b: &Backend) -> BackendCtx {
     BackendCtx {
         name: b.name.clone(),
         app: b.app.clone(),
@@ -140,17 +164,15 @@ fn backend(nv: &NodeView, b: &Backend) -> BackendCtx {
         health_check: b.health_check.clone(),
         server_options: b.server_options.clone(),
         extra: b.extra.clone(),
-        servers: nv.view.servers_of(&b.app, &b.version).map(server).collect(),
+        servers: by_app
+            .get(&(b.app.as_str(), b.version.as_str()))
+            .map(|regs| regs.iter().map(|r| server(r)).collect())
+            .unwrap_or_default(),
     }
 }
 
 fn frontend(nv: &NodeView, f: &Frontend) -> FrontendCtx {
-    let compatible = |name: &str| {
-        nv.view
-            .backends
-            .get(name)
-            .is_some_and(|b| b.mode == f.mode)
-    };
+    let compatible = |name: &str| nv.view.backends.get(name).is_some_and(|b| b.mode == f.mode);
     FrontendCtx {
         name: f.name.clone(),
         backend: f.backend.clone(),
@@ -173,6 +195,7 @@ fn frontend(nv: &NodeView, f: &Frontend) -> FrontendCtx {
 
 /// Builds the context for one template from the node's view.
 pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> RenderContext {
+    let by_app = group_by_app(nv);
     RenderContext {
         node: NodeCtx {
             id: node_id.to_string(),
@@ -189,8 +212,18 @@ pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> R
             })
             .collect(),
         // The view's maps are BTreeMaps keyed by name / registration key: already sorted.
-        frontends: nv.view.frontends.values().map(|f| frontend(nv, f)).collect(),
-        backends: nv.view.backends.values().map(|b| backend(nv, b)).collect(),
+        frontends: nv
+            .view
+            .frontends
+            .values()
+            .map(|f| frontend(nv, f))
+            .collect(),
+        backends: nv
+            .view
+            .backends
+            .values()
+            .map(|b| backend(&by_app, b))
+            .collect(),
         registrations: nv
             .view
             .registrations

@@ -39,7 +39,10 @@ pub enum RenderError {
     CheckRun { command: String, reason: String },
     /// HAProxy could not be told to reload, or the reload did not take.
     #[error("reload ({method}) failed: {reason}")]
-    Reload { method: &'static str, reason: String },
+    Reload {
+        method: &'static str,
+        reason: String,
+    },
     /// Watching template directories failed.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -57,7 +60,11 @@ fn location(path: &std::path::Path, line: Option<usize>, column: Option<usize>) 
 }
 
 impl RenderError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         RenderError::Io {
             action,
             path: path.into(),

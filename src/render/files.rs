@@ -50,7 +50,8 @@ impl Staged {
             .unwrap_or_else(|| "config".to_string());
         // A dot file with our PID: never picked up as the real config, never shared with
         // another bender process writing the same directory.
-        let tmp = parent_dir(target).join(format!(".{file_name}.bender-{}.tmp", std::process::id()));
+        let tmp =
+            parent_dir(target).join(format!(".{file_name}.bender-{}.tmp", std::process::id()));
         let mode = fs::metadata(target)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644);
@@ -174,7 +175,11 @@ fn summarize_check_output(text: &str, status: std::process::ExitStatus) -> Strin
         .map(str::trim)
         .collect();
     let lines = if alerts.is_empty() {
-        let all: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let all: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         all[all.len().saturating_sub(MAX_ALERT_LINES)..].to_vec()
     } else {
         alerts
@@ -237,7 +242,12 @@ mod tests {
         assert!(text.contains(&format!("{}:2", target.display())), "{text}");
         assert!(!text.contains(".bender-"), "{text}");
 
-        let ok = Staged::write(&target, b"global\n    maxconn 10\n").unwrap();
+        // A config HAProxy accepts needs a listener: a stats socket is one.
+        let valid = format!(
+            "global\n    stats socket {}\n",
+            dir.join("s.sock").display()
+        );
+        let ok = Staged::write(&target, valid.as_bytes()).unwrap();
         check(&argv, ok.path(), &target, Duration::from_secs(30))
             .await
             .unwrap();

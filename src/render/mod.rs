@@ -1,23 +1,139 @@
-//! Render HAProxy configs from Tera templates and apply them (placeholder until issue 3 lands:
-//! the helper replaces this file).
-use serde::Deserialize;
+//! Renders HAProxy configs from Tera templates and applies them: the only module that knows
+//! Tera and HAProxy.
+//!
+//! Data flow: the node publishes a [`NodeView`] on a `watch` channel → [`spawn`]'s task
+//! debounces changes (quiet period + maximum wait) → for every template: build a sorted, stable
+//! [`RenderContext`] (no deadlines, so renewals change nothing) → render → if the bytes equal
+//! the file on disk, stop → write a temp file next to the target, fsync, `haproxy -c` → rename,
+//! fsync the directory → reload HAProxy → verify on the master CLI → on failure put the last
+//! good config back and reload again. One apply runs at a time, and nothing here can take
+//! HAProxy down: every failure leaves the last good config serving and shows up in
+//! [`RenderHandle::status`] and the log.
+//!
+//! Module map: `config` (the `[[template]]`/`[apply]` keys), `context` (the template context),
+//! `template` (Tera and the `haproxy_quote` filter), `files` (atomic write and check),
+//! `reload` (reload methods and `show proc`), `worker` (the task: debounce, watch, apply).
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyConfig {}
-impl ApplyConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        Ok(())
+mod config;
+mod context;
+mod error;
+mod files;
+mod reload;
+mod template;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::cluster::NodeView;
+use crate::shutdown::Shutdown;
+
+pub use config::{
+    validate_templates, ApplyConfig, ReloadConfig, ServerStateConfig, TemplateConfig,
+    CHECK_PLACEHOLDER,
+};
+pub use context::{
+    BackendCtx, FrontendCtx, MemberCtx, NodeCtx, RegistrationCtx, RenderContext, RuleCtx, ServerCtx,
+};
+pub use error::RenderError;
+pub use template::haproxy_quote;
+pub use worker::TemplateStatus;
+
+/// A handle on the render task: cheap to clone, readable from any thread.
+#[derive(Debug, Clone)]
+pub struct RenderHandle {
+    status: Arc<Mutex<Vec<TemplateStatus>>>,
+    /// Closed (its sender dropped) when the task has ended.
+    done: watch::Receiver<()>,
+}
+
+impl RenderHandle {
+    /// The state of every template, in configuration order.
+    pub fn status(&self) -> Vec<TemplateStatus> {
+        // A panic while holding this lock would only have left a half-updated status.
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Resolves once the task has ended (after shutdown, or when the view channel closed). An
+    /// apply in progress is finished first: HAProxy is never left between two configs.
+    pub async fn stopped(&self) {
+        let mut done = self.done.clone();
+        // `changed` fails exactly when the sender is gone; no value is ever sent.
+        while done.changed().await.is_ok() {}
+    }
+
+    /// Whether the task has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.done.has_changed().is_err()
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateConfig {
-    pub name: String,
+/// Starts the render/apply task. Nothing is rendered until the view is `ready`. Templates are
+/// loaded (and their directories watched) by the task; a template that fails to load is
+/// reported in `status()` and retried on its next edit.
+///
+/// Call [`validate_templates`] and [`ApplyConfig::validate`] first.
+pub fn spawn(
+    settings: ApplyConfig,
+    templates: Vec<TemplateConfig>,
+    node_id: String,
+    views: watch::Receiver<Arc<NodeView>>,
+    shutdown: Shutdown,
+) -> RenderHandle {
+    let status = Arc::new(Mutex::new(
+        templates
+            .iter()
+            .map(TemplateStatus::new)
+            .collect::<Vec<_>>(),
+    ));
+    let (done_tx, done) = watch::channel(());
+    let worker = worker::Worker::new(settings, templates, node_id, status.clone());
+    tokio::spawn(async move {
+        worker.run(views, shutdown).await;
+        drop(done_tx);
+    });
+    RenderHandle { status, done }
 }
-impl TemplateConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        Ok(())
+
+/// Renders every template once from `nv` without writing anything: `(name, text)` in
+/// configuration order. For `bender render` and tests.
+pub fn render_once(
+    templates: &[TemplateConfig],
+    node_id: &str,
+    nv: &NodeView,
+) -> Result<Vec<(String, String)>, RenderError> {
+    templates
+        .iter()
+        .map(|t| {
+            let compiled = template::load(&t.source)?;
+            let text = compiled.render(&context::build(node_id, nv, &t.vars))?;
+            Ok((t.name.clone(), text))
+        })
+        .collect()
+}
+
+/// Builds the context a template would see for `nv` (for documentation and debugging).
+pub fn context(
+    node_id: &str,
+    nv: &NodeView,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> RenderContext {
+    context::build(node_id, nv, vars)
+}
+
+/// FNV-1a of a rendered config: a stable, dependency-free fingerprint for status and logs
+/// (not a security boundary).
+pub fn config_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    format!("{h:016x}")
 }

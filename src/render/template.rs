@@ -17,7 +17,9 @@ pub(crate) struct Compiled {
 
 impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compiled").field("path", &self.path).finish()
+        f.debug_struct("Compiled")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -48,8 +50,8 @@ pub(crate) fn compile(path: &Path, text: &str) -> Result<Compiled, RenderError> 
 
 impl Compiled {
     pub(crate) fn render(&self, ctx: &RenderContext) -> Result<String, RenderError> {
-        let context =
-            tera::Context::from_serialize(ctx).map_err(|e| RenderError::from_tera(&self.path, &e))?;
+        let context = tera::Context::from_serialize(ctx)
+            .map_err(|e| RenderError::from_tera(&self.path, &e))?;
         self.tera
             .render(&self.name, &context)
             .map_err(|e| RenderError::from_tera(&self.path, &e))
@@ -115,10 +117,7 @@ mod tests {
         .unwrap();
         let mut ctx = super::super::context::build("n", &Default::default(), &Default::default());
         ctx.vars.insert("v".into(), "50% \"off\"".into());
-        assert_eq!(
-            c.render(&ctx).unwrap(),
-            r#"x "50% \"off\"" "50%% \"off\"""#
-        );
+        assert_eq!(c.render(&ctx).unwrap(), r#"x "50% \"off\"" "50%% \"off\"""#);
         ctx.vars.insert("v".into(), "a\nb".into());
         let err = c.render(&ctx).unwrap_err().to_string();
         assert!(err.contains("control character"), "{err}");

@@ -2,6 +2,8 @@
 //! waiting for conditions with a deadline (never sleeping as synchronisation).
 #![allow(dead_code)]
 
+pub mod haproxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;

@@ -1,0 +1,321 @@
+//! Telling HAProxy to load a new config, and finding out whether it did.
+//!
+//! HAProxy 2.6's master CLI answers `reload` with nothing, and systemd reports success even when
+//! HAProxy's reload failed, so the outcome is read from `show proc` on the master CLI: the
+//! master's reload counter rises on every attempt, its `failed` counter rises on a failure, and
+//! a worker PID that was not there before means the new config is serving. A failed reload
+//! leaves the old worker serving the old config.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+use super::config::{ReloadConfig, ServerStateConfig};
+use super::error::RenderError;
+use super::files;
+
+/// Longest a single CLI exchange may take. The master is unreachable for a moment while it
+/// re-executes itself during a reload: a stuck connection must not eat the whole reload timeout.
+const CLI_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest CLI answer read (`show servers state` of 10,000 servers is ~1.5 MB).
+const MAX_CLI_ANSWER: u64 = 64 * 1024 * 1024;
+/// How often `show proc` is polled while a reload is in progress.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// What `show proc` says about the master and its current workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProcSnapshot {
+    /// Reloads attempted since the master started.
+    pub reloads: u64,
+    /// Failed reloads; HAProxy 2.6 resets it to 0 on a successful reload.
+    pub failed: u64,
+    /// PIDs of the current (not old) workers.
+    pub workers: Vec<u32>,
+}
+
+/// Sends one command to a HAProxy CLI socket and reads the whole answer. The write side is shut
+/// down after the command: the 2.6 master CLI otherwise keeps the connection open.
+pub(crate) async fn cli(socket: &Path, command: &str) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .map_err(|e| format!("cannot write to {}: {e}", socket.display()))?;
+        stream
+            .shutdown()
+            .await
+            .map_err(|e| format!("cannot write to {}: {e}", socket.display()))?;
+        let mut answer = Vec::new();
+        stream
+            .take(MAX_CLI_ANSWER)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("cannot read from {}: {e}", socket.display()))?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(CLI_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{} did not answer {command:?} within {}",
+            socket.display(),
+            humantime::format_duration(CLI_TIMEOUT)
+        )),
+    }
+}
+
+/// Parses the answer to `show proc` (HAProxy 2.6):
+///
+/// ```text
+/// #<PID>          <type>          <reloads>       <uptime>        <version>
+/// 7727            master          2 [failed: 1]   0d00h20m25s     2.6.12-1+deb12u4
+/// # workers
+/// 23048           worker          1               0d00h00m06s     2.6.12-1+deb12u4
+/// # old workers
+/// 7730            worker          2               0d00h01m00s     2.6.12-1+deb12u4
+/// # programs
+/// ```
+pub(crate) fn parse_show_proc(text: &str) -> Option<ProcSnapshot> {
+    let mut master = None;
+    let mut workers = Vec::new();
+    let mut section = "";
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('#') {
+            // "#<PID> ..." is the column header; "# workers", "# old workers" open sections.
+            section = match header.trim() {
+                "workers" => "workers",
+                h if h.starts_with('<') => "",
+                _ => "other",
+            };
+            continue;
+        }
+        let mut cols = line.split_whitespace();
+        let (Some(pid), Some(kind)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        match (section, kind) {
+            ("", "master") => {
+                let reloads = cols.next()?.parse().ok()?;
+                let rest: String = cols.collect::<Vec<_>>().join(" ");
+                let failed = rest
+                    .split_once("[failed:")
+                    .and_then(|(_, f)| f.split(']').next())
+                    .and_then(|f| f.trim().parse().ok())
+                    .unwrap_or(0);
+                master = Some((reloads, failed));
+            }
+            ("workers", "worker") => workers.push(pid),
+            _ => {}
+        }
+    }
+    let (reloads, failed) = master?;
+    Some(ProcSnapshot {
+        reloads,
+        failed,
+        workers,
+    })
+}
+
+pub(crate) async fn show_proc(master_socket: &Path) -> Result<ProcSnapshot, String> {
+    let text = cli(master_socket, "show proc").await?;
+    parse_show_proc(&text).ok_or_else(|| {
+        format!(
+            "unexpected answer to \"show proc\" from {}: {:?}",
+            master_socket.display(),
+            text.lines().next().unwrap_or("")
+        )
+    })
+}
+
+/// Waits until the master has finished the reload that followed `before`: `Ok` when a new
+/// worker serves, `Err` when the master counted a failure or nothing happened in time.
+async fn verify(
+    master_socket: &Path,
+    before: &ProcSnapshot,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last_problem = match show_proc(master_socket).await {
+            Ok(now) if now.reloads > before.reloads => {
+                if now.workers.iter().any(|pid| !before.workers.contains(pid)) {
+                    return Ok(());
+                }
+                if now.failed > 0 {
+                    return Err(format!(
+                        "HAProxy rejected the new config ({} failed reload(s) in a row; see HAProxy's log); the previous worker keeps serving",
+                        now.failed
+                    ));
+                }
+                "the master reloaded but no new worker appeared yet".to_string()
+            }
+            Ok(_) => "the master has not started the reload yet".to_string(),
+            // Expected for a moment: the master re-executes itself to reload.
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not confirmed within {}: {last_problem}",
+                humantime::format_duration(timeout)
+            ));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn method_name(cfg: &ReloadConfig) -> &'static str {
+    match cfg {
+        ReloadConfig::MasterSocket { .. } => "master-socket",
+        ReloadConfig::Pidfile { .. } => "pidfile",
+        ReloadConfig::Command { .. } => "command",
+        ReloadConfig::None => "none",
+    }
+}
+
+fn read_pid(pidfile: &Path) -> Result<nix::unistd::Pid, String> {
+    let text = std::fs::read_to_string(pidfile)
+        .map_err(|e| format!("cannot read {}: {e}", pidfile.display()))?;
+    // HAProxy writes the master's PID on the first line.
+    match text.lines().next().map(str::trim).map(str::parse::<i32>) {
+        Some(Ok(pid)) if pid > 1 => Ok(nix::unistd::Pid::from_raw(pid)),
+        _ => Err(format!("{} holds no PID: {text:?}", pidfile.display())),
+    }
+}
+
+async fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {argv:?}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(format!(
+            "{argv:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!("{argv:?}: {e}")),
+        Err(_) => Err(format!(
+            "{argv:?} did not finish within {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+/// Reloads HAProxy as configured and verifies the outcome where the method allows it.
+/// Returns whether the outcome was verified (false: the signal or command went out, but
+/// there is no master socket to confirm it).
+pub(crate) async fn reload(cfg: &ReloadConfig, timeout: Duration) -> Result<bool, RenderError> {
+    let method = method_name(cfg);
+    let fail = |reason: String| RenderError::Reload { method, reason };
+    let master_socket = match cfg {
+        ReloadConfig::MasterSocket { socket } => Some(socket.as_path()),
+        ReloadConfig::Pidfile { master_socket, .. }
+        | ReloadConfig::Command { master_socket, .. } => master_socket.as_deref(),
+        ReloadConfig::None => return Ok(true),
+    };
+    let before = match master_socket {
+        Some(socket) => Some(
+            show_proc(socket)
+                .await
+                .map_err(|e| fail(format!("HAProxy's master CLI is unreachable: {e}")))?,
+        ),
+        None => None,
+    };
+    match cfg {
+        ReloadConfig::MasterSocket { socket } => {
+            cli(socket, "reload").await.map_err(fail)?;
+        }
+        ReloadConfig::Pidfile { pidfile, .. } => {
+            let pid = read_pid(pidfile).map_err(fail)?;
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2)
+                .map_err(|e| fail(format!("cannot signal master PID {pid}: {e}")))?;
+        }
+        ReloadConfig::Command { command, .. } => {
+            run_command(command, timeout).await.map_err(fail)?;
+        }
+        ReloadConfig::None => {}
+    }
+    match (master_socket, before) {
+        (Some(socket), Some(before)) => verify(socket, &before, timeout)
+            .await
+            .map_err(fail)
+            .map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Saves the running worker's server state to the `server-state-file`, so the next worker
+/// starts with the same health and weights instead of assuming every server is up.
+pub(crate) async fn save_server_state(cfg: &ServerStateConfig) -> Result<(), String> {
+    let state = cli(&cfg.socket, "show servers state").await?;
+    // The dump starts with a format version line ("1"); anything else is an error message.
+    if !state.starts_with('1') {
+        return Err(format!(
+            "unexpected answer to \"show servers state\": {:?}",
+            state.lines().next().unwrap_or("")
+        ));
+    }
+    let file = cfg.file.clone();
+    tokio::task::spawn_blocking(move || files::write_atomic(&file, state.as_bytes()))
+        .await
+        .map_err(|e| format!("saving server state: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_proc_of_haproxy_2_6() {
+        let text =
+            "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
+7727            master          2 [failed: 1]   0d00h20m25s     2.6.12-1+deb12u4\n\
+# workers\n\
+23048           worker          1               0d00h00m06s     2.6.12-1+deb12u4\n\
+# old workers\n\
+7730            worker          2               0d00h01m00s     2.6.12-1+deb12u4\n\
+# programs\n\n";
+        assert_eq!(
+            parse_show_proc(text),
+            Some(ProcSnapshot {
+                reloads: 2,
+                failed: 1,
+                workers: vec![23048]
+            })
+        );
+        assert_eq!(parse_show_proc("Unknown command.\n"), None);
+    }
+
+    #[test]
+    fn pidfiles() {
+        let dir = std::env::temp_dir().join(format!("bender-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("pid");
+        std::fs::write(&p, "1234\n").unwrap();
+        assert_eq!(read_pid(&p).unwrap().as_raw(), 1234);
+        std::fs::write(&p, "junk").unwrap();
+        assert!(read_pid(&p).is_err());
+        std::fs::write(&p, "1\n").unwrap();
+        assert!(read_pid(&p).is_err(), "never signal init");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

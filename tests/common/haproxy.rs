@@ -1,0 +1,333 @@
+//! Test scaffolding around a real HAProxy: temp dirs, tiny backend HTTP servers answering with
+//! their name, an HTTP client (new connection or keep-alive), HAProxy's CLI, and a HAProxy
+//! master-worker process owned by the test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown as NetShutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Scaffolding: temp dirs, backend servers, an HTTP client, HAProxy itself.
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bender-haproxy-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback HTTP/1.1 server answering every request with its name (keep-alive supported).
+pub struct TestServer {
+    pub name: String,
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestServer {
+    pub fn start(name: &str) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = name.to_string();
+        let stopping = stop.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let body = body.clone();
+                thread::spawn(move || serve(conn, &body));
+            }
+        });
+        TestServer {
+            name: name.to_string(),
+            port,
+            stop,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+pub fn serve(conn: TcpStream, body: &str) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut writer = conn;
+    loop {
+        // Read one request head; GET and HAProxy's checks carry no body.
+        let mut close = false;
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            let mut header = String::new();
+            match reader.read_line(&mut header) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if header == "\r\n" || header == "\n" {
+                break;
+            }
+            if header.to_ascii_lowercase().starts_with("connection:")
+                && header.to_ascii_lowercase().contains("close")
+            {
+                close = true;
+            }
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if writer.write_all(response.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// One HTTP response as the test sees it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+    pub close: bool,
+}
+
+pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = None;
+    let mut close = false;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "eof in headers",
+            ));
+        }
+        if header == "\r\n" {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+            close = true;
+        }
+    }
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        close,
+    })
+}
+
+/// GET on a new connection.
+pub fn get(port: u16) -> std::io::Result<Response> {
+    let conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = conn.try_clone()?;
+    writer.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    read_response(&mut BufReader::new(conn))
+}
+
+/// A keep-alive client: reuses its connection until the server says `Connection: close`.
+pub struct KeepAlive {
+    pub port: u16,
+    pub conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    /// Requests answered on the current connection.
+    pub used: u32,
+}
+
+impl KeepAlive {
+    pub fn get(&mut self) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let conn = TcpStream::connect(("127.0.0.1", self.port))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let reader = BufReader::new(conn.try_clone()?);
+            self.conn = Some((conn, reader));
+            self.used = 0;
+        }
+        let (conn, reader) = self.conn.as_mut().expect("connected above");
+        let result = conn
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .and_then(|()| read_response(reader));
+        let used = self.used;
+        self.used += 1;
+        let result = result.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{e} (request {} on its connection)", used + 1),
+            )
+        });
+        match &result {
+            Ok(r) if !r.close => {}
+            _ => {
+                if let Some((c, _)) = self.conn.take() {
+                    let _ = c.shutdown(NetShutdown::Both);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The body HAProxy answers with, if it answers 200.
+pub fn served(port: u16) -> Option<String> {
+    match get(port) {
+        Ok(r) if r.status == 200 => Some(r.body),
+        _ => None,
+    }
+}
+
+/// Sends one command to a HAProxy CLI socket.
+pub fn cli(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    s.shutdown(NetShutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The master's reload counter from `show proc`.
+pub fn master_reloads(socket: &Path) -> Option<u64> {
+    let text = cli(socket, "show proc").ok()?;
+    let line = text.lines().find(|l| l.contains("master"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// A HAProxy master-worker process owned by the test.
+pub struct Haproxy {
+    pub child: Child,
+    pub master_socket: PathBuf,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, config: &Path) -> Haproxy {
+        let master_socket = dir.join("master.sock");
+        let log = std::fs::File::create(dir.join("haproxy.log")).expect("log file");
+        let child = Command::new("haproxy")
+            .arg("-W")
+            .arg("-S")
+            .arg(&master_socket)
+            .arg("-f")
+            .arg(config)
+            .arg("-p")
+            .arg(dir.join("haproxy.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start haproxy (is it installed?)");
+        let mut h = Haproxy {
+            child,
+            master_socket,
+        };
+        let log_path = dir.join("haproxy.log");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let listed = cli(&h.master_socket, "show proc").is_ok_and(|t| t.contains("worker"));
+            if listed {
+                break;
+            }
+            let exited = h.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "HAProxy did not start ({exited:?}):\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too; SIGKILL only if it does not exit.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

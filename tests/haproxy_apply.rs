@@ -1,0 +1,591 @@
+//! The render/apply pipeline against a real HAProxy 2.6 in master-worker mode.
+//!
+//! Each test starts its own `haproxy -W -S <master.sock>` (not daemonized: the test owns the
+//! process and stops it on drop) in a temp dir, with tiny HTTP servers on loopback answering
+//! with their own name, feeds `NodeView`s into `bender::render::spawn` and checks what real HTTP
+//! requests through HAProxy get back. Conditions are awaited with deadlines, never with sleeps.
+//!
+//! Run with `cargo test --test haproxy_apply` (needs `/usr/sbin/haproxy`, e.g. Debian's 2.6).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bender::cluster::NodeView;
+use bender::model::{Backend, Frontend, Mode, RegKey};
+use bender::registry::LiveRegistration;
+use bender::render::{
+    self, ApplyConfig, ReloadConfig, RenderHandle, ServerStateConfig, TemplateConfig,
+    TemplateStatus,
+};
+use bender::shutdown::{self, ShutdownTrigger};
+use tokio::sync::watch;
+
+const DEFAULT_TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
+
+use common::free_port;
+use common::haproxy::*;
+
+// ---------------------------------------------------------------------------------------------
+// Views.
+
+fn backend(name: &str, version: &str) -> Backend {
+    Backend {
+        name: name.into(),
+        app: "web".into(),
+        version: version.into(),
+        balance: Default::default(),
+        mode: Mode::Http,
+        health_check: None,
+        server_options: None,
+        extra: vec![],
+    }
+}
+
+fn frontend(port: u16, backend: &str) -> Frontend {
+    Frontend {
+        name: "www".into(),
+        backend: backend.into(),
+        bind: format!("127.0.0.1:{port}"),
+        mode: Mode::Http,
+        rules: vec![],
+        extra: vec![],
+    }
+}
+
+/// Frontend `www` on `port` -> backend `web` (app web@`version`), with `servers` registered
+/// as (server, version).
+fn view(port: u16, version: &str, servers: &[(&TestServer, &str)]) -> NodeView {
+    let mut nv = NodeView {
+        ready: true,
+        ..Default::default()
+    };
+    nv.view
+        .backends
+        .insert("web".into(), backend("web", version));
+    nv.view
+        .frontends
+        .insert("www".into(), frontend(port, "web"));
+    for (s, v) in servers {
+        register(&mut nv, "web", v, s.port, 1_000);
+    }
+    nv
+}
+
+fn register(nv: &mut NodeView, app: &str, version: &str, port: u16, renewed_ms: u64) {
+    let key = RegKey::new(app, version, "127.0.0.1", port).unwrap();
+    nv.view.registrations.insert(
+        key.clone(),
+        LiveRegistration {
+            key,
+            registered_ms: renewed_ms,
+            deadline_ms: renewed_ms + 4_000,
+            ttl_ms: 4_000,
+            meta: BTreeMap::new(),
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rig: HAProxy + the render task, started on a first view.
+
+struct Rig {
+    // Field order is drop order: stop the task, then HAProxy, then remove the directory.
+    trigger: ShutdownTrigger,
+    handle: RenderHandle,
+    rt: tokio::runtime::Runtime,
+    views: watch::Sender<Arc<NodeView>>,
+    template: TemplateConfig,
+    haproxy: Haproxy,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Rig {
+    fn start(
+        tag: &str,
+        port: u16,
+        first: NodeView,
+        apply: ApplyConfig,
+        source: Option<PathBuf>,
+    ) -> Rig {
+        let dir = TempDir::new(tag);
+        let vars: BTreeMap<String, String> = [
+            (
+                "stats_socket",
+                dir.0.join("admin.sock").display().to_string(),
+            ),
+            (
+                "server_state_file",
+                dir.0.join("server-state").display().to_string(),
+            ),
+            ("log", String::new()),
+            ("chroot", String::new()),
+            ("user", String::new()),
+            ("group", String::new()),
+            // Old workers must not outlive the test by much.
+            ("hard_stop_after", "15s".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let template = TemplateConfig {
+            name: "haproxy".into(),
+            source: source.unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
+            destination: dir.0.join("haproxy.cfg"),
+            check: None,
+            reload: ReloadConfig::MasterSocket {
+                socket: dir.0.join("master.sock"),
+            },
+            vars,
+            server_state: Some(ServerStateConfig {
+                socket: dir.0.join("admin.sock"),
+                file: dir.0.join("server-state"),
+            }),
+        };
+        template.validate().unwrap();
+        apply.validate().unwrap();
+        // HAProxy starts on what the pipeline would render, as after a bender restart.
+        let text = render::render_once(std::slice::from_ref(&template), "lb-1", &first).unwrap();
+        std::fs::write(&template.destination, &text[0].1).unwrap();
+        let haproxy = Haproxy::start(&dir.0, &template.destination);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (views, rx) = watch::channel(Arc::new(first));
+        let (trigger, shutdown) = shutdown::channel();
+        let handle = {
+            let _in_runtime = rt.enter();
+            render::spawn(apply, vec![template.clone()], "lb-1".into(), rx, shutdown)
+        };
+        Rig {
+            trigger,
+            handle,
+            rt,
+            views,
+            template,
+            haproxy,
+            port,
+            dir,
+        }
+    }
+
+    fn status(&self) -> TemplateStatus {
+        self.handle.status().remove(0)
+    }
+
+    fn send(&self, nv: NodeView) {
+        self.views
+            .send(Arc::new(nv))
+            .expect("the render task is running");
+    }
+
+    fn on_disk(&self) -> String {
+        std::fs::read_to_string(&self.template.destination).unwrap()
+    }
+
+    /// Sends `nv` and waits until its render is on disk and HAProxy has loaded it.
+    fn apply(&self, nv: NodeView) {
+        let want = render::render_once(std::slice::from_ref(&self.template), "lb-1", &nv).unwrap();
+        let want = render::config_hash(want[0].1.as_bytes());
+        self.send(nv);
+        wait_for("the new config to be applied", WAIT, || {
+            let s = self.status();
+            (s.config_hash.as_deref() == Some(want.as_str()) && s.ok).then_some(())
+        });
+    }
+
+    /// Waits until `n` requests in a row are all answered by `name`.
+    fn wait_all_served_by(&self, name: &str, n: usize) {
+        wait_for(&format!("every request to reach {name}"), WAIT, || {
+            (0..n)
+                .all(|_| served(self.port).as_deref() == Some(name))
+                .then_some(())
+        });
+    }
+
+    fn assert_serves(&self, name: &str) {
+        for _ in 0..10 {
+            assert_eq!(
+                served(self.port).as_deref(),
+                Some(name),
+                "HAProxy stopped serving {name}"
+            );
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+        let handle = self.handle.clone();
+        let stopped = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), handle.stopped()).await
+        });
+        if stopped.is_err() && !thread::panicking() {
+            panic!("the render task did not stop after shutdown");
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- haproxy log ---\n{}",
+                std::fs::read_to_string(self.dir.0.join("haproxy.log")).unwrap_or_default()
+            );
+            eprintln!("--- status ---\n{:?}", self.handle.status());
+        }
+    }
+}
+
+fn fast() -> ApplyConfig {
+    ApplyConfig {
+        debounce_quiet: Duration::from_millis(50),
+        debounce_max: Duration::from_millis(200),
+        ..ApplyConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn traffic_follows_the_view_and_blue_green_switches() {
+    let (a, b, c) = (
+        TestServer::start("a-v1"),
+        TestServer::start("b-v1"),
+        TestServer::start("c-v2"),
+    );
+    let port = free_port();
+    let rig = Rig::start(
+        "follow",
+        port,
+        view(port, "v1", &[(&a, "v1"), (&b, "v1")]),
+        fast(),
+        None,
+    );
+
+    // Both servers are reached.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("both servers to answer", WAIT, || {
+        if let Some(body) = served(port) {
+            seen.insert(body);
+        }
+        (seen.len() == 2).then_some(())
+    });
+    assert_eq!(seen, [a.name.clone(), b.name.clone()].into_iter().collect());
+    assert_eq!(
+        rig.status().reloads,
+        0,
+        "the first view matched the file: no reload"
+    );
+
+    // b goes away: everything goes to a.
+    rig.apply(view(port, "v1", &[(&a, "v1")]));
+    rig.wait_all_served_by(&a.name, 20);
+
+    // v2 registers, then the backend is pointed at v2 (blue/green): v2 serves.
+    rig.apply(view(port, "v1", &[(&a, "v1"), (&c, "v2")]));
+    rig.assert_serves(&a.name);
+    rig.apply(view(port, "v2", &[(&a, "v1"), (&c, "v2")]));
+    rig.wait_all_served_by(&c.name, 20);
+    // And back (rollback).
+    rig.apply(view(port, "v1", &[(&a, "v1"), (&c, "v2")]));
+    rig.wait_all_served_by(&a.name, 20);
+
+    let s = rig.status();
+    assert_eq!((s.failures, s.error.clone()), (0, None), "{s:?}");
+    // The server state was saved before each reload, for load-server-state-from-file.
+    let state = std::fs::read_to_string(rig.dir.0.join("server-state")).unwrap();
+    assert!(
+        state.starts_with("1\n") && state.contains(" web "),
+        "{state}"
+    );
+    // v2 registering changed nothing HAProxy serves (no backend used it yet): no reload then.
+    assert_eq!(s.reloads, 3, "{s:?}");
+    let _ = &rig.haproxy;
+}
+
+#[test]
+fn a_broken_template_keeps_the_last_good_config() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let tdir = TempDir::new("tpl");
+    let source = tdir.0.join("haproxy.cfg.tera");
+    let good = std::fs::read_to_string(DEFAULT_TEMPLATE).unwrap();
+    std::fs::write(&source, &good).unwrap();
+    let rig = Rig::start(
+        "broken-tpl",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        fast(),
+        Some(source.clone()),
+    );
+    wait_for("the template dir to be watched", WAIT, || {
+        rig.status().watching.then_some(())
+    });
+    let before = rig.on_disk();
+
+    // Save a broken version the way editors do: write a new file, rename it over.
+    let broken = good.replacen(
+        "{% for fe in frontends %}",
+        "{% for fe in frontends %}{{ fe.name }",
+        1,
+    );
+    let tmp = tdir.0.join(".haproxy.cfg.tera.swp");
+    std::fs::write(&tmp, &broken).unwrap();
+    std::fs::rename(&tmp, &source).unwrap();
+    let err = wait_for("the template error in status", WAIT, || {
+        rig.status().template_error
+    });
+    assert!(err.contains(&format!("{}:", source.display())), "{err}");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("{{ fe.name }"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(":{line}:")),
+        "line {line} expected in {err}"
+    );
+    assert!(!rig.status().ok);
+    assert_eq!(rig.on_disk(), before);
+    rig.assert_serves("a");
+
+    // The view still flows, through the last template that loaded.
+    rig.send(view(port, "v1", &[(&a, "v1"), (&b, "v1")]));
+    wait_for("b to be served", WAIT, || {
+        (served(port).as_deref() == Some("b")).then_some(())
+    });
+    assert!(
+        rig.status().template_error.is_some(),
+        "still reported until fixed"
+    );
+
+    // Fixing the file clears the error.
+    std::fs::write(&tmp, &good).unwrap();
+    std::fs::rename(&tmp, &source).unwrap();
+    wait_for("the template error to clear", WAIT, || {
+        rig.status().ok.then_some(())
+    });
+}
+
+#[test]
+fn a_config_failing_the_check_is_never_loaded() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let rig = Rig::start("check", port, view(port, "v1", &[(&a, "v1")]), fast(), None);
+    let before = rig.on_disk();
+    let reloads = master_reloads(&rig.haproxy.master_socket).unwrap();
+
+    // A directive HAProxy does not know passes bender's validation (it is one safe line), but
+    // not `haproxy -c`.
+    let mut bad = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
+    bad.view.backends.get_mut("web").unwrap().extra = vec!["no-such-directive 1".into()];
+    rig.send(bad);
+    let err = wait_for("the check failure in status", WAIT, || rig.status().error);
+    assert!(
+        err.contains("[ALERT]") && err.contains("no-such-directive"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&rig.template.destination.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        rig.on_disk(),
+        before,
+        "a rejected config never reaches the target"
+    );
+    assert_eq!(
+        master_reloads(&rig.haproxy.master_socket),
+        Some(reloads),
+        "no reload"
+    );
+    rig.assert_serves("a");
+    let s = rig.status();
+    assert_eq!((s.reloads, s.failures, s.ok), (0, 1, false), "{s:?}");
+
+    // The next good view goes through.
+    rig.apply(view(port, "v1", &[(&b, "v1")]));
+    rig.wait_all_served_by("b", 10);
+}
+
+#[test]
+fn a_reload_failing_after_the_check_restores_the_last_good_config() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let rig = Rig::start(
+        "reload-fail",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        fast(),
+        None,
+    );
+    let before = rig.on_disk();
+
+    // 192.0.2.1 (TEST-NET-1) is not on this host: `haproxy -c` accepts the bind, the reload
+    // fails. No traffic is ever sent there.
+    let mut bad = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
+    let mut unbindable = frontend(80, "web");
+    unbindable.name = "unbindable".into();
+    unbindable.bind = "192.0.2.1:80".into();
+    bad.view.frontends.insert("unbindable".into(), unbindable);
+    rig.send(bad);
+    let err = wait_for("the reload failure in status", WAIT, || rig.status().error);
+    assert!(err.contains("reload"), "{err}");
+    assert!(err.contains("restored the last good config"), "{err}");
+    assert!(err.contains("and reloaded it"), "{err}");
+    assert_eq!(
+        rig.on_disk(),
+        before,
+        "the last good config is back on disk"
+    );
+    let s = rig.status();
+    assert_eq!((s.reloads, s.failures, s.ok), (2, 1, false), "{s:?}");
+    rig.assert_serves("a");
+
+    // HAProxy took the restored config: a new worker serves it, and nothing is failing.
+    let proc_text = cli(&rig.haproxy.master_socket, "show proc").unwrap();
+    assert!(proc_text.contains("[failed: 0]"), "{proc_text}");
+
+    // Fixing the view applies normally.
+    rig.apply(view(port, "v1", &[(&b, "v1")]));
+    rig.wait_all_served_by("b", 10);
+}
+
+#[test]
+fn a_burst_of_200_changes_in_a_second_reloads_at_most_twice() {
+    let a = TestServer::start("a");
+    let port = free_port();
+    // The default debounce (200 ms quiet, 1 s maximum wait).
+    let rig = Rig::start(
+        "burst",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        ApplyConfig::default(),
+        None,
+    );
+    let master_before = master_reloads(&rig.haproxy.master_socket).unwrap();
+    let status_before = rig.status().reloads;
+
+    let started = Instant::now();
+    let mut last = None;
+    for k in 0..200u16 {
+        let mut nv = view(port, "v1", &[(&a, "v1")]);
+        // Each change registers one more server of a backend no frontend routes to: the
+        // config changes every time, the traffic never.
+        let mut filler = backend("filler", "v1");
+        filler.app = "filler".into();
+        nv.view.backends.insert("filler".into(), filler);
+        for j in 0..=k {
+            register(&mut nv, "filler", "v1", 40_000 + j, 1_000);
+        }
+        last = Some(nv.clone());
+        rig.send(nv);
+        thread::sleep(Duration::from_millis(4)); // pacing the burst, not synchronisation
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the burst took {:?}",
+        started.elapsed()
+    );
+    rig.apply(last.unwrap());
+    let master = master_reloads(&rig.haproxy.master_socket).unwrap() - master_before;
+    let ours = rig.status().reloads - status_before;
+    assert!((1..=2).contains(&master), "HAProxy reloaded {master} times");
+    assert_eq!(master, ours, "every reload bender sent is counted");
+    rig.assert_serves("a");
+}
+
+#[test]
+fn no_request_fails_across_20_reloads() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let rig = Rig::start(
+        "no-fail",
+        port,
+        view(port, "v1", &[(&a, "v1"), (&b, "v1")]),
+        fast(),
+        None,
+    );
+    wait_for("HAProxy to serve", WAIT, || served(port));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for keep_alive in [false, false, true, true] {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(thread::spawn(move || {
+            let mut ka = KeepAlive {
+                port,
+                conn: None,
+                used: 0,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let result = if keep_alive { ka.get() } else { get(port) };
+                match result {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {} (keep-alive {keep_alive})", r.status)),
+                    Err(e) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("{e} (keep-alive {keep_alive})")),
+                }
+                // A bounded load: about 200 requests a second per client.
+                thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+
+    let reloads_before = rig.status().reloads;
+    for i in 0..20 {
+        // Alternate the server set so that every step changes the config.
+        let servers: Vec<(&TestServer, &str)> = if i % 2 == 0 {
+            vec![(&a, "v1")]
+        } else {
+            vec![(&a, "v1"), (&b, "v1")]
+        };
+        rig.apply(view(port, "v1", &servers));
+    }
+    // Let the clients run on the last worker for a moment, then stop them.
+    let served_after = ok.load(Ordering::Relaxed) + 100;
+    wait_for("more requests on the final config", WAIT, || {
+        (ok.load(Ordering::Relaxed) >= served_after).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let reloads = rig.status().reloads - reloads_before;
+    let failed = failed.lock().unwrap();
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "{ok} requests succeeded, {} failed, across {reloads} reloads",
+        failed.len()
+    );
+    assert_eq!(reloads, 20);
+    assert!(ok > 500, "too little traffic to mean anything: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(10)]
+    );
+}
