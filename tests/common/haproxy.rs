@@ -55,13 +55,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// A loopback HTTP/1.1 server answering every request with its name (keep-alive supported).
 pub struct TestServer {
     pub name: String,
+    pub ip: String,
     pub port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl TestServer {
     pub fn start(name: &str) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        Self::start_on("127.0.0.1", name)
+    }
+
+    /// A server on `ip` (e.g. a bridge address namespaced hosts can reach).
+    pub fn start_on(ip: &str, name: &str) -> TestServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind test server");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let body = name.to_string();
@@ -78,6 +84,7 @@ impl TestServer {
         });
         TestServer {
             name: name.to_string(),
+            ip: ip.to_string(),
             port,
             stop,
         }
@@ -88,7 +95,7 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect((self.ip.as_str(), self.port));
     }
 }
 
@@ -194,7 +201,12 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Respo
 
 /// GET on a new connection.
 pub fn get(port: u16) -> std::io::Result<Response> {
-    let conn = TcpStream::connect(("127.0.0.1", port))?;
+    get_at("127.0.0.1", port)
+}
+
+/// GET on a new connection to `ip:port`.
+pub fn get_at(ip: &str, port: u16) -> std::io::Result<Response> {
+    let conn = TcpStream::connect((ip, port))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = conn.try_clone()?;
     writer.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
@@ -276,9 +288,22 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(dir: &Path, config: &Path) -> Haproxy {
+        Self::start_with(&[], dir, config)
+    }
+
+    /// Starts HAProxy behind a command prefix (e.g. `ip netns exec NS`).
+    pub fn start_with(prefix: &[&str], dir: &Path, config: &Path) -> Haproxy {
         let master_socket = dir.join("master.sock");
         let log = std::fs::File::create(dir.join("haproxy.log")).expect("log file");
-        let child = Command::new("haproxy")
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("haproxy");
+                c
+            }
+            None => Command::new("haproxy"),
+        };
+        let child = command
             .arg("-W")
             .arg("-S")
             .arg(&master_socket)

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod haproxy;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
