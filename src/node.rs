@@ -45,7 +45,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest time between two eager pushes, so a write burst is one round of gossip.
 const PUSH_MIN_INTERVAL: Duration = Duration::from_millis(5);
 /// Shortest time between two view recomputations under a stream of writes.
-const VIEW_MIN_INTERVAL: Duration = Duration::from_millis(10);
+const VIEW_MIN_INTERVAL: Duration = Duration::from_millis(2);
 /// Clock samples kept per peer.
 const CLOCK_SAMPLES: usize = 8;
 /// Capacity of the event stream each subscriber may fall behind by.
@@ -330,15 +330,20 @@ impl Node {
         let marker = (record.stamp().clone(), registry::digest(value.as_bytes()));
         // The chitchat lock is taken first and the registry lock inside it, everywhere, so
         // that the registry never lags what peers can already see.
+        let now = self.now_ms();
         let mut cc = self.inner.chitchat.lock().await;
         cc.self_node_state().set(key.clone(), value);
-        {
+        let changes_view = {
             let mut local = self.inner.local.lock().expect("local lock");
             local.own.insert(key, marker.clone());
+            let changes = local.registry.changes_view(&record, now);
             local.registry.insert(record, marker.1);
-        }
+            changes
+        };
         drop(cc);
-        self.inner.dirty.notify_one();
+        if changes_view {
+            self.inner.dirty.notify_one();
+        }
         self.inner.push.notify_one();
     }
 
@@ -600,15 +605,20 @@ async fn view_task(
         };
         let sleep_until =
             next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        // Recompute the view only when something may have changed it: renewals of live
+        // registrations do not, and under a renewal load they are almost every record.
+        let mut recompute = false;
         tokio::select! {
             n = remote.recv_many(&mut batch, 4096) => {
                 if n == 0 { return; }
-                join_remote(&inner, batch.drain(..));
+                recompute = join_remote(&inner, batch.drain(..));
             }
-            _ = inner.dirty.notified() => {}
-            _ = tokio::time::sleep_until(sleep_until) => {}
+            _ = inner.dirty.notified() => recompute = true,
+            _ = tokio::time::sleep_until(sleep_until) => recompute = true,
             _ = membership.tick() => {
-                members = compute_members(&inner).await;
+                let now_members = compute_members(&inner).await;
+                recompute |= now_members != members;
+                members = now_members;
                 let peer_live = members.iter().any(|m| !m.is_self && m.live);
                 if peer_live && first_peer_at.is_none() {
                     first_peer_at = Some(Instant::now());
@@ -618,6 +628,7 @@ async fn view_task(
                         .is_some_and(|t| t.elapsed() >= inner.config.gossip_interval * 3);
                     if !has_peers || caught_up || started.elapsed() >= inner.config.warmup {
                         ready = true;
+                        recompute = true;
                         info!(
                             waited_ms = started.elapsed().as_millis() as u64,
                             peers_seen = first_peer_at.is_some(),
@@ -629,6 +640,7 @@ async fn view_task(
             _ = maintenance.tick() => {
                 maintain(&inner).await;
                 save_snapshot(&inner, &mut snapshot_marker);
+                recompute = true;
             }
             _ = stop.wait() => return,
         }
@@ -637,7 +649,10 @@ async fn view_task(
             batch.push(item);
         }
         if !batch.is_empty() {
-            join_remote(&inner, batch.drain(..));
+            recompute |= join_remote(&inner, batch.drain(..));
+        }
+        if !recompute {
+            continue;
         }
         let view = {
             let now = inner.hlc.now_ms();
@@ -689,15 +704,18 @@ fn log_event(event: &Event) {
     }
 }
 
-/// Joins records received from peers; samples peers' clocks.
-fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, String)>) {
+/// Joins records received from peers; samples peers' clocks. Returns whether any record may
+/// have changed the view.
+fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, String)>) -> bool {
     let now = inner.hlc.now_ms();
+    let mut changed = false;
     let mut local = inner.local.lock().expect("local lock");
     for (key, value, node) in items {
         if registry::is_registry_key(&key) {
             match registry::decode(&key, &value) {
                 Ok(record) => {
                     inner.hlc.observe(record.stamp());
+                    changed |= local.registry.changes_view(&record, now);
                     local
                         .registry
                         .insert(record, registry::digest(value.as_bytes()));
@@ -712,6 +730,7 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, Strin
             }
         }
     }
+    changed
 }
 
 /// Keeps the last samples of (peer clock - local clock at receipt). Receipt comes after sending,

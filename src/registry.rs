@@ -270,6 +270,28 @@ impl Registry {
         }
     }
 
+    /// Whether joining `record` could change the view at `now_ms`. A renewal of a registration
+    /// that is live, with the same TTL and meta, cannot (only its deadline moves), nor can a
+    /// record that loses the join; anything else may.
+    pub fn changes_view(&self, record: &Record, now_ms: u64) -> bool {
+        match record {
+            Record::Lease(k, lease) => match self.leases.get(k) {
+                None => lease.is_live(now_ms),
+                Some(slot) => {
+                    let cur = &slot.reg.val;
+                    if lease.stamp <= cur.stamp {
+                        return false;
+                    }
+                    !(cur.is_live(now_ms)
+                        && lease.is_live(now_ms)
+                        && cur.ttl_ms == lease.ttl_ms
+                        && cur.meta == lease.meta)
+                }
+            },
+            _ => true,
+        }
+    }
+
     /// The CRDT join: commutative, associative and idempotent.
     pub fn merge(&mut self, other: Registry) {
         join_map(&mut self.leases, other.leases, LeaseSlot::merge);
@@ -467,6 +489,23 @@ pub(crate) mod tests {
         assert!(r.view(0).backends.is_empty());
         let r = from_records(&[newer, delete, older]);
         assert_eq!(r.view(0).backends["web"].version, "v2");
+    }
+
+    #[test]
+    fn only_records_that_can_change_the_view_say_so() {
+        let r = from_records(&[Record::Lease(reg("h", 1), lease(100, 0, "a", 1_000))]);
+        // A renewal of a live registration (same TTL): only the deadline moves.
+        assert!(!r.changes_view(&Record::Lease(reg("h", 1), lease(200, 0, "b", 1_100)), 150));
+        // An older copy loses the join.
+        assert!(!r.changes_view(&Record::Lease(reg("h", 1), lease(50, 0, "b", 9_000)), 150));
+        // A deregistration, a comeback after expiry, a new key, a TTL change: all may.
+        assert!(r.changes_view(&Record::Lease(reg("h", 1), lease(200, 0, "b", 200)), 250));
+        assert!(r.changes_view(
+            &Record::Lease(reg("h", 1), lease(1_500, 0, "b", 3_000)),
+            1_500
+        ));
+        assert!(r.changes_view(&Record::Lease(reg("h", 2), lease(200, 0, "b", 2_000)), 150));
+        assert!(r.changes_view(&Record::Lease(reg("h", 1), lease(200, 0, "b", 2_000)), 150));
     }
 
     #[test]
