@@ -36,7 +36,7 @@ fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>)
 }
 
 /// The config file as written. Every key is optional; defaults are documented in
-/// `examples/bender.toml`.
+/// `packaging/bender.toml` (installed as `/etc/bender/bender.toml`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
