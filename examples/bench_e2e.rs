@@ -143,7 +143,10 @@ vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state
         .spawn()
         .expect("haproxy");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/bender");
-    assert!(bin.exists(), "build the release binary first: cargo build --release");
+    assert!(
+        bin.exists(),
+        "build the release binary first: cargo build --release"
+    );
     let (api, gossip) = (free_port(), free_port());
     let bender = Command::new(bin)
         .args(["agent", "--node-id", "bench", "--config"])
@@ -169,18 +172,26 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 fn registration_to_routed(base: &str) {
     let fe_port = free_port();
-    call("POST", &format!("{base}/backends"), Some(r#"{"name":"web","app":"web","version":"1"}"#));
+    call(
+        "POST",
+        &format!("{base}/backends"),
+        Some(r#"{"name":"web","app":"web","version":"1"}"#),
+    );
     call(
         "POST",
         &format!("{base}/frontends"),
-        Some(&format!(r#"{{"name":"www","backend":"web","bind":"127.0.0.1:{fe_port}"}}"#)),
+        Some(&format!(
+            r#"{{"name":"www","backend":"web","bind":"127.0.0.1:{fe_port}"}}"#
+        )),
     );
     let mut latencies = Vec::new();
     let mut previous: Option<u16> = None;
     for i in 0..60 {
         let name = format!("s{i}");
         let port = app_server(name.clone());
-        let body = format!(r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{port},"ttl":"60s"}}"#);
+        let body = format!(
+            r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{port},"ttl":"60s"}}"#
+        );
         let (status, _) = call("POST", &format!("{base}/v1/registrations"), Some(&body));
         assert_eq!(status, 200);
         let t0 = Instant::now();
@@ -188,13 +199,20 @@ fn registration_to_routed(base: &str) {
             if get(fe_port).as_deref() == Some(name.as_str()) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "{name} never routed");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{name} never routed"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
         // Keep one or two servers in the backend so polling hits the new one quickly.
         if let Some(p) = previous {
-            call("DELETE", &format!("{base}/v1/registrations/web/1/127.0.0.1/{p}"), None);
+            call(
+                "DELETE",
+                &format!("{base}/v1/registrations/web/1/127.0.0.1/{p}"),
+                None,
+            );
         }
         previous = Some(port);
     }
@@ -214,7 +232,9 @@ fn ten_thousand_servers(base: &str) {
         let (s, _) = call(
             "POST",
             &format!("{base}/backends"),
-            Some(&format!(r#"{{"name":"app{b}","app":"app{b}","version":"1"}}"#)),
+            Some(&format!(
+                r#"{{"name":"app{b}","app":"app{b}","version":"1"}}"#
+            )),
         );
         assert_eq!(s, 201);
     }
@@ -229,7 +249,9 @@ fn ten_thousand_servers(base: &str) {
         }
         last = now;
     }
-    let before = status(base)["templates"][0]["reloads"].as_u64().unwrap_or(0);
+    let before = status(base)["templates"][0]["reloads"]
+        .as_u64()
+        .unwrap_or(0);
     let t_start = Instant::now();
     for b in 0..2000 {
         for s in 0..5 {
@@ -263,7 +285,10 @@ fn ten_thousand_servers(base: &str) {
             );
             return;
         }
-        assert!(t_last.elapsed() < Duration::from_secs(60), "never applied: {st}");
+        assert!(
+            t_last.elapsed() < Duration::from_secs(60),
+            "never applied: {st}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
