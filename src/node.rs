@@ -121,6 +121,15 @@ impl Entity for Frontend {
     }
 }
 
+/// A key/value a peer's keyspace gained, as chitchat's callback hands it over.
+struct Received {
+    key: String,
+    value: String,
+    node: String,
+    /// When it was received, for the clock key (offset estimates).
+    at_ms: Option<u64>,
+}
+
 /// What this node itself holds in its keyspace, beside the joined registry.
 #[derive(Default)]
 struct Local {
@@ -221,7 +230,7 @@ impl Node {
         let chitchat = handle.chitchat();
 
         // The callback runs under chitchat's lock: it only forwards what changed.
-        let (remote_tx, remote_rx) = mpsc::unbounded_channel::<(String, String, String)>();
+        let (remote_tx, remote_rx) = mpsc::unbounded_channel::<Received>();
         let listener = {
             let self_id = self_id.clone();
             let cc = chitchat.lock().await;
@@ -230,19 +239,29 @@ impl Node {
             for (id, state) in cc.node_states() {
                 if *id != self_id {
                     for (k, v) in state.key_values() {
-                        let _ =
-                            remote_tx.send((k.to_string(), v.to_string(), id.node_id.to_string()));
+                        let _ = remote_tx.send(Received {
+                            key: k.to_string(),
+                            value: v.to_string(),
+                            node: id.node_id.to_string(),
+                            // Received earlier, when is unknown: no clock sample from it.
+                            at_ms: None,
+                        });
                     }
                 }
             }
             let self_id_cb = self_id.clone();
+            let clock = hlc.clock().clone();
             cc.subscribe_event("", move |ev| {
                 if ev.node != &self_id_cb {
-                    let _ = remote_tx.send((
-                        ev.key.to_string(),
-                        ev.value.to_string(),
-                        ev.node.node_id.to_string(),
-                    ));
+                    // The receipt time of a peer's clock is read here, not when the view task
+                    // gets to it, so the offset estimate does not include our own queueing.
+                    let at_ms = (ev.key == KEY_CLOCK).then(|| clock.now_ms());
+                    let _ = remote_tx.send(Received {
+                        key: ev.key.to_string(),
+                        value: ev.value.to_string(),
+                        node: ev.node.node_id.to_string(),
+                        at_ms,
+                    });
                 }
             })
         };
@@ -575,7 +594,7 @@ async fn push_task(inner: Arc<Inner>, mut stop: Shutdown) {
 /// Joins records from peers, recomputes the view, emits events, and runs maintenance.
 async fn view_task(
     inner: Arc<Inner>,
-    mut remote: mpsc::UnboundedReceiver<(String, String, String)>,
+    mut remote: mpsc::UnboundedReceiver<Received>,
     mut stop: Shutdown,
 ) {
     let started = Instant::now();
@@ -706,11 +725,17 @@ fn log_event(event: &Event) {
 
 /// Joins records received from peers; samples peers' clocks. Returns whether any record may
 /// have changed the view.
-fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, String)>) -> bool {
+fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
     let now = inner.hlc.now_ms();
     let mut changed = false;
     let mut local = inner.local.lock().expect("local lock");
-    for (key, value, node) in items {
+    for Received {
+        key,
+        value,
+        node,
+        at_ms,
+    } in items
+    {
         if registry::is_registry_key(&key) {
             match registry::decode(&key, &value) {
                 Ok(record) => {
@@ -725,8 +750,8 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = (String, String, Strin
                 }
             }
         } else if key == KEY_CLOCK {
-            if let Ok(peer_ms) = value.parse::<u64>() {
-                record_clock_sample(inner, &node, peer_ms as i64 - now as i64);
+            if let (Ok(peer_ms), Some(at)) = (value.parse::<u64>(), at_ms) {
+                record_clock_sample(inner, &node, peer_ms as i64 - at as i64);
             }
         }
     }

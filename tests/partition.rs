@@ -186,3 +186,30 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_estimates_its_peers_clock_offsets() {
+    let transport = ChannelTransport::with_mtu(65_507);
+    // Node 2's clock is 500 ms ahead of node 1's; manual clocks stand still, so receipt delays
+    // cannot blur the estimate.
+    let c1 = ManualClock::new(9_000_000);
+    let c2 = ManualClock::new(9_000_500);
+    let n1 = Node::start(config(1), Arc::new(c1), &transport)
+        .await
+        .unwrap();
+    let n2 = Node::start(config(2), Arc::new(c2), &transport)
+        .await
+        .unwrap();
+    let offset_of = |n: &Node, peer: &str| {
+        n.members()
+            .into_iter()
+            .find(|m| m.node_id == peer)
+            .and_then(|m| m.clock_offset_ms)
+    };
+    wait_for("both estimates", || {
+        offset_of(&n1, "n2") == Some(500) && offset_of(&n2, "n1") == Some(-500)
+    })
+    .await;
+    n1.stop().await;
+    n2.stop().await;
+}
