@@ -213,3 +213,45 @@ async fn each_node_estimates_its_peers_clock_offsets() {
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_and_old_tombstones_are_collected() {
+    let transport = ChannelTransport::with_mtu(65_507);
+    let clock = ManualClock::new(20_000_000);
+    let node = Node::start(config(1), Arc::new(clock.clone()), &transport)
+        .await
+        .unwrap();
+    let base = node.own_key_count().await; // node metadata: API address, clock
+    node.put(backend("v1"), WriteMode::Create).await.unwrap();
+    let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
+    node.register(key, Some(Duration::from_secs(1)), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(node.own_key_count().await, base + 2);
+    node.delete::<Backend>("web").await.unwrap();
+    // The tombstone is still held (it must outlive any stale copy), the lease too.
+    assert_eq!(node.own_key_count().await, base + 2);
+
+    // Past the lease's deadline + lease_gc_grace (60 s): the lease goes, the tombstone stays.
+    clock.advance(62_000);
+    let mut n = 0;
+    let start = tokio::time::Instant::now();
+    while n != base + 1 {
+        assert!(start.elapsed() < DEADLINE, "lease not collected: {n} keys");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n = node.own_key_count().await;
+    }
+    assert_eq!(node.counts().3, 0, "the registry forgot the lease");
+    // Past tombstone_ttl (2 h): the tombstone goes too.
+    clock.advance(2 * 3600 * 1000);
+    let start = tokio::time::Instant::now();
+    while n != base {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "tombstone not collected: {n} keys"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n = node.own_key_count().await;
+    }
+    node.stop().await;
+}

@@ -1,0 +1,120 @@
+//! A real node driving a real HAProxy on loopback: a burst of registrations through the API is
+//! applied with at most two reloads, counted by HAProxy itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::haproxy::{master_reloads, served, Haproxy, TempDir, TestServer};
+use common::{free_port, wait_until, Http, Proc};
+
+const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
+
+#[test]
+fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
+    let dir = TempDir::new("burst");
+    let d = dir.0.display();
+    std::fs::write(
+        dir.0.join("haproxy.cfg"),
+        format!("global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"),
+    )
+    .unwrap();
+    let haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
+    let config = dir.0.join("bender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[template]]
+name = "haproxy"
+source = "{TEMPLATE}"
+destination = "{d}/haproxy.cfg"
+reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
+server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
+vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
+"#
+        ),
+    )
+    .unwrap();
+    let (api, gossip) = (free_port(), free_port());
+    let node = Proc::start(
+        "burst",
+        api,
+        ([127, 0, 0, 1], gossip).into(),
+        vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ],
+    );
+    let http = Http::new();
+    let fe_port = free_port();
+    let app = TestServer::start("app");
+    http.post_json(
+        &node.url("/backends"),
+        r#"{"name":"web","app":"web","version":"1"}"#,
+    );
+    http.post_json(
+        &node.url("/frontends"),
+        &format!(r#"{{"name":"www","backend":"web","bind":"127.0.0.1:{fe_port}"}}"#),
+    );
+    http.post_json(
+        &node.url("/v1/registrations"),
+        &format!(
+            r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{},"ttl":"60s"}}"#,
+            app.port
+        ),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "HAProxy serves the first server",
+        || served(fe_port).as_deref() == Some("app"),
+    );
+    // The master answers `show proc` between reloads: retry through one in progress.
+    let reloads = || {
+        common::haproxy::wait_for("show proc", Duration::from_secs(10), || {
+            master_reloads(&haproxy.master_socket)
+        })
+    };
+    let before = reloads();
+
+    // 200 more servers: loopback ports nobody listens on (only the reloads are counted here,
+    // and no request is sent through HAProxy after this point).
+    let start = Instant::now();
+    for i in 0..200 {
+        let body = format!(
+            r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{},"ttl":"60s"}}"#,
+            40_000 + i
+        );
+        assert_eq!(
+            http.post_json(&node.url("/v1/registrations"), &body).status,
+            200
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the burst took {:?}",
+        start.elapsed()
+    );
+    let cfg_path = dir.0.join("haproxy.cfg");
+    wait_until(
+        Duration::from_secs(20),
+        "all 201 servers are applied",
+        || {
+            let servers = std::fs::read_to_string(&cfg_path)
+                .map(|c| c.matches("\n    server ").count())
+                .unwrap_or(0);
+            let st = http.get(&node.url("/v1/status")).body;
+            servers == 201 && st["templates"][0]["ok"] == true
+        },
+    );
+    let after = reloads();
+    assert!(
+        (1..=2).contains(&(after - before)),
+        "{} reloads for the burst",
+        after - before
+    );
+}
