@@ -400,15 +400,9 @@ impl Node {
             stamp,
             deadline_ms: now + ttl_ms,
             ttl_ms,
-            meta: meta.clone(),
-        };
-        let live = LiveRegistration {
-            key: key.clone(),
-            registered_ms: now,
-            deadline_ms: lease.deadline_ms,
-            ttl_ms,
             meta,
         };
+        let live = lease.live_registration(&key);
         self.write(Record::Lease(key, lease)).await;
         Ok(live)
     }
@@ -445,16 +439,7 @@ impl Node {
                     && version.is_none_or(|v| k.version == v)
                     && host.is_none_or(|h| k.host == h)
             })
-            .map(|(k, slot)| {
-                let l = &slot.reg.val;
-                LiveRegistration {
-                    key: k.clone(),
-                    registered_ms: l.deadline_ms.saturating_sub(l.ttl_ms),
-                    deadline_ms: l.deadline_ms,
-                    ttl_ms: l.ttl_ms,
-                    meta: l.meta.clone(),
-                }
-            })
+            .map(|(k, slot)| slot.reg.val.live_registration(k))
             .collect()
     }
 

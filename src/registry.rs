@@ -49,6 +49,17 @@ impl Lease {
     pub fn is_live(&self, now_ms: u64) -> bool {
         self.deadline_ms > now_ms
     }
+
+    /// This lease as the view shows it, for registration `key`.
+    pub fn live_registration(&self, key: &RegKey) -> LiveRegistration {
+        LiveRegistration {
+            key: key.clone(),
+            registered_ms: self.deadline_ms.saturating_sub(self.ttl_ms),
+            deadline_ms: self.deadline_ms,
+            ttl_ms: self.ttl_ms,
+            meta: self.meta.clone(),
+        }
+    }
 }
 
 /// One version of an entity: a value, or `None` for a deletion (tombstone).
@@ -313,19 +324,7 @@ impl Registry {
             .leases
             .iter()
             .filter(|(_, slot)| slot.reg.val.is_live(now_ms))
-            .map(|(k, slot)| {
-                let l = &slot.reg.val;
-                (
-                    k.clone(),
-                    LiveRegistration {
-                        key: k.clone(),
-                        registered_ms: l.deadline_ms.saturating_sub(l.ttl_ms),
-                        deadline_ms: l.deadline_ms,
-                        ttl_ms: l.ttl_ms,
-                        meta: l.meta.clone(),
-                    },
-                )
-            })
+            .map(|(k, slot)| (k.clone(), slot.reg.val.live_registration(k)))
             .collect();
         let backends = self
             .backends

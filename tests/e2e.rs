@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::haproxy::{get_at, Haproxy, TempDir, TestServer};
+use common::haproxy::{get_at, write_node_files, Haproxy, TempDir, TestServer};
 use common::netns::Hosts;
 use common::{wait_until, Http};
 
@@ -100,46 +99,16 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Writes host `i`'s bender config: the default template into its own HAProxy.
-fn write_config(dir: &Path) -> std::path::PathBuf {
-    let d = dir.display();
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
-    let config = format!(
-        r#"
-warmup = "3s"
-[apply]
-debounce_quiet = "100ms"
-debounce_max = "500ms"
-
-[[template]]
-name = "haproxy"
-source = "{template}"
-destination = "{d}/haproxy.cfg"
-reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
-server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
-vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
-"#
-    );
-    let path = dir.join("bender.toml");
-    std::fs::write(&path, config).unwrap();
-    // HAProxy starts from a minimal config; bender replaces it on its first apply.
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
-            "global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
     let mut hosts = Hosts::new(3);
     let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("e2e{i}"))).collect();
     let mut haproxies = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let config = write_config(&dir.0);
+        let config = write_node_files(
+            &dir.0,
+            "warmup = \"3s\"\n[apply]\ndebounce_quiet = \"100ms\"\ndebounce_max = \"500ms\"",
+        );
         let prefix = hosts.exec_prefix(i);
         let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
         haproxies.push(Haproxy::start_with(

@@ -5,37 +5,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::haproxy::{master_reloads, served, Haproxy, TempDir, TestServer};
+use common::haproxy::{master_reloads, served, write_node_files, Haproxy, TempDir, TestServer};
 use common::{free_port, wait_until, Http, Proc};
-
-const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
 
 #[test]
 fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
     let dir = TempDir::new("burst");
-    let d = dir.0.display();
-    std::fs::write(
-        dir.0.join("haproxy.cfg"),
-        format!("global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"),
-    )
-    .unwrap();
+    let config = write_node_files(&dir.0, "");
     let haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
-    let config = dir.0.join("bender.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[template]]
-name = "haproxy"
-source = "{TEMPLATE}"
-destination = "{d}/haproxy.cfg"
-reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
-server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
-vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
-"#
-        ),
-    )
-    .unwrap();
     let (api, gossip) = (free_port(), free_port());
     let node = Proc::start(
         "burst",

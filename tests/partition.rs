@@ -52,18 +52,12 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn version_on(node: &Node) -> Option<String> {
-    node.get::<Backend>("web").map(|b| b.version)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
-    let transport = ChannelTransport::with_mtu(65_507);
-    let clock = ManualClock::new(1_000_000);
+/// Three nodes sharing `clock`, once they all see each other live.
+async fn start_three(transport: &ChannelTransport, clock: &ManualClock) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 1..=3u8 {
         nodes.push(
-            Node::start(config(i), Arc::new(clock.clone()), &transport)
+            Node::start(config(i), Arc::new(clock.clone()), transport)
                 .await
                 .unwrap(),
         );
@@ -74,6 +68,18 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
             .all(|n| n.members().iter().filter(|m| m.live).count() == 3)
     })
     .await;
+    nodes
+}
+
+fn version_on(node: &Node) -> Option<String> {
+    node.get::<Backend>("web").map(|b| b.version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
+    let transport = ChannelTransport::with_mtu(65_507);
+    let clock = ManualClock::new(1_000_000);
+    let nodes = start_three(&transport, &clock).await;
 
     nodes[0]
         .put(backend("v0"), WriteMode::Create)
@@ -145,20 +151,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
 async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
     let transport = ChannelTransport::with_mtu(65_507);
     let clock = ManualClock::new(5_000_000);
-    let mut nodes = Vec::new();
-    for i in 1..=3u8 {
-        nodes.push(
-            Node::start(config(i), Arc::new(clock.clone()), &transport)
-                .await
-                .unwrap(),
-        );
-    }
-    wait_for("all members are live", || {
-        nodes
-            .iter()
-            .all(|n| n.members().iter().filter(|m| m.live).count() == 3)
-    })
-    .await;
+    let nodes = start_three(&transport, &clock).await;
     nodes[1]
         .put(backend("v1"), WriteMode::Create)
         .await

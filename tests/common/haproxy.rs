@@ -356,3 +356,34 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
     }
 }
+
+/// Writes what one bender node driving one HAProxy in `dir` needs: a minimal HAProxy config to
+/// start the master with (bender replaces it on its first apply) and a bender config rendering
+/// the default template into it, reloading through `dir/master.sock`. `extra` goes at the top
+/// of the bender config. Returns the bender config's path.
+pub fn write_node_files(dir: &Path, extra: &str) -> PathBuf {
+    let d = dir.display();
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+        ),
+    )
+    .expect("write haproxy.cfg");
+    let config = format!(
+        r#"{extra}
+[[template]]
+name = "haproxy"
+source = "{template}"
+destination = "{d}/haproxy.cfg"
+reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
+server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
+vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
+"#
+    );
+    let path = dir.join("bender.toml");
+    std::fs::write(&path, config).expect("write bender.toml");
+    path
+}
