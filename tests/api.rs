@@ -91,6 +91,15 @@ fn entity_routes(kind: &str, create: Value, update: Value, not_found: &str) {
     for (k, v) in update.as_object().unwrap() {
         assert_eq!(&one.body[k], v, "updated field {k}");
     }
+    // A partial update keeps the fields it does not name.
+    let before = http.get(&format!("{base}/{name}")).body;
+    let (field, _) = update.as_object().unwrap().iter().next().unwrap();
+    let r = http.put_json(
+        &format!("{base}/{name}"),
+        &json!({field: before[field]}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(http.get(&format!("{base}/{name}")).body, before);
     let r = http.put_json(&format!("{base}/nope"), &update.to_string());
     assert_eq!(r.status, 404);
     let r = http.put_json(

@@ -589,19 +589,24 @@ impl Api {
                 None => Err(not_found()),
             },
             Method::PUT => {
-                let mut body = req.json_value()?;
-                match body.get("name") {
-                    None => {
-                        body.insert("name".into(), json!(name));
-                    }
-                    Some(Value::String(n)) if n == name => {}
-                    Some(_) => {
+                // The fields given replace the current ones and the rest is kept, as the 0.2.1
+                // client's `updateBackend(backend, update)` expects; what is stored (and
+                // replicated) is always the whole resulting value.
+                let body = req.json_value()?;
+                if let Some(n) = body.get("name") {
+                    if n.as_str() != Some(name) {
                         return Err(ApiError::invalid(format!(
                             "invalid name: the body's name must match the path ({name:?})"
-                        )))
+                        )));
                     }
                 }
-                let entity: E = serde_json::from_value(Value::Object(body))
+                let current = self.node.get::<E>(name).ok_or_else(not_found)?;
+                let mut merged = match serde_json::to_value(&current) {
+                    Ok(Value::Object(m)) => m,
+                    _ => return Err(ApiError::internal("cannot represent the current value")),
+                };
+                merged.extend(body);
+                let entity: E = serde_json::from_value(Value::Object(merged))
                     .map_err(|e| ApiError::invalid(json_error(&e)))?;
                 self.node.put(entity.clone(), WriteMode::Update).await?;
                 ok(with_resource(&entity, E::KIND))
