@@ -77,15 +77,22 @@ fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
         start.elapsed()
     );
     let cfg_path = dir.0.join("haproxy.cfg");
+    // Applied means HAProxy runs it: the status's config hash (set after a verified reload) is
+    // the file's. The file alone is renamed in place before the reload.
     wait_until(
         Duration::from_secs(20),
         "all 201 servers are applied",
         || {
-            let servers = std::fs::read_to_string(&cfg_path)
-                .map(|c| c.matches("\n    server ").count())
-                .unwrap_or(0);
+            let Ok(bytes) = std::fs::read(&cfg_path) else {
+                return false;
+            };
+            let servers = String::from_utf8_lossy(&bytes)
+                .matches("\n    server ")
+                .count();
             let st = http.get(&node.url("/v1/status")).body;
-            servers == 201 && st["templates"][0]["ok"] == true
+            servers == 201
+                && st["templates"][0]["config_hash"].as_str()
+                    == Some(bender::render::config_hash(&bytes).as_str())
         },
     );
     let after = reloads();
