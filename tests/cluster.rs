@@ -107,8 +107,10 @@ fn concurrent_updates_of_one_backend_end_identical_with_one_writers_whole_value(
         http.get(&c.url(1, "/backends/web")).status == 200
     });
     for round in 0..5 {
-        let a = json!({"app": "web", "version": format!("a{round}"), "balance": "leastconn"});
-        let b = json!({"app": "web", "version": format!("b{round}"), "mode": "tcp"});
+        // Whole values (every field given): a PUT merges the fields it names into the node's
+        // current value, so only whole bodies make each writer's value unambiguous.
+        let a = json!({"app": "web", "version": format!("a{round}"), "balance": "leastconn", "mode": "http"});
+        let b = json!({"app": "web", "version": format!("b{round}"), "balance": "roundrobin", "mode": "tcp"});
         let (ua, ub) = (c.url(0, "/backends/web"), c.url(1, "/backends/web"));
         let (sa, sb) = (a.to_string(), b.to_string());
         let ta = std::thread::spawn(move || Http::new().put_json(&ua, &sa).status);
