@@ -598,17 +598,11 @@ async fn view_task(
         .seeds
         .iter()
         .any(|s| s.parse::<SocketAddr>().ok() != Some(inner.config.gossip_advertise));
+    // When the view next changes on its own (a deadline passing). Computed with each view:
+    // without a recompute deadlines only move later (renewals), so waking at this one is at
+    // worst early, never late; an earlier deadline always comes with a recompute.
+    let mut sleep_until = Instant::now();
     loop {
-        let next_deadline = {
-            let now = inner.hlc.now_ms();
-            let local = inner.local.lock().expect("local lock");
-            local
-                .registry
-                .next_deadline(now)
-                .map(|d| Instant::now() + Duration::from_millis(d - now))
-        };
-        let sleep_until =
-            next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         // Recompute the view only when something may have changed it: renewals of live
         // registrations do not, and under a renewal load they are almost every record.
         let mut recompute = false;
@@ -661,6 +655,11 @@ async fn view_task(
         let view = {
             let now = inner.hlc.now_ms();
             let local = inner.local.lock().expect("local lock");
+            sleep_until = local
+                .registry
+                .next_deadline(now)
+                .map(|d| Instant::now() + Duration::from_millis(d - now))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             local.registry.view(now)
         };
         for event in events::diff(&prev.view, &view) {
@@ -851,32 +850,8 @@ async fn maintain(inner: &Inner) {
     // Entities.
     let mut adopt: Vec<(String, String, Marker)> = Vec::new();
     let mut forget: Vec<String> = Vec::new();
-    for (name, reg) in &registry.backends {
-        plan_entity(
-            &registry::backend_key(name),
-            &reg.val,
-            &reg.marker,
-            own,
-            now,
-            tombstone_ttl,
-            &mut adopt,
-            &mut forget,
-            |v| registry::encode_backend(name, v).1,
-        );
-    }
-    for (name, reg) in &registry.frontends {
-        plan_entity(
-            &registry::frontend_key(name),
-            &reg.val,
-            &reg.marker,
-            own,
-            now,
-            tombstone_ttl,
-            &mut adopt,
-            &mut forget,
-            |v| registry::encode_frontend(name, v).1,
-        );
-    }
+    plan_entities::<Backend>(registry, own, now, tombstone_ttl, &mut adopt, &mut forget);
+    plan_entities::<Frontend>(registry, own, now, tombstone_ttl, &mut adopt, &mut forget);
     for (key, value, marker) in adopt {
         state.set(key.clone(), value);
         own.insert(key, marker);
@@ -902,28 +877,27 @@ async fn maintain(inner: &Inner) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_entity<T>(
-    key: &str,
-    val: &Versioned<T>,
-    marker: &Marker,
+/// What maintenance does with kind `E`'s entities: adopt each winning version our keyspace
+/// lacks, and forget tombstones older than `tombstone_ttl`.
+fn plan_entities<E: Entity>(
+    registry: &Registry,
     own: &BTreeMap<String, Marker>,
     now: u64,
     tombstone_ttl: u64,
     adopt: &mut Vec<(String, String, Marker)>,
     forget: &mut Vec<String>,
-    encode: impl Fn(&Versioned<T>) -> String,
 ) {
-    if val.value.is_none() && now > val.stamp.wall_ms().saturating_add(tombstone_ttl) {
-        forget.push(key.to_string());
-        return;
-    }
-    if own.get(key) != Some(marker) {
-        let value = encode(val);
-        // Re-encoding yields the same bytes (and digest) as the original; if a peer's encoding
-        // ever differed, the digest tie-break would still converge, so adopt what we encode.
-        let m = (marker.0.clone(), registry::digest(value.as_bytes()));
-        adopt.push((key.to_string(), value, m));
+    for (name, reg) in E::slots(registry) {
+        let (key, value) = registry::encode(&E::record(name.clone(), reg.val.clone()));
+        if reg.val.value.is_none() && now > reg.val.stamp.wall_ms().saturating_add(tombstone_ttl) {
+            forget.push(key);
+        } else if own.get(&key) != Some(&reg.marker) {
+            // Re-encoding yields the same bytes (and digest) as the original; if a peer's
+            // encoding ever differed, the digest tie-break would still converge, so adopt what
+            // we encode.
+            let m = (reg.marker.0.clone(), registry::digest(value.as_bytes()));
+            adopt.push((key, value, m));
+        }
     }
 }
 
