@@ -266,10 +266,12 @@ impl Node {
             })
         };
 
+        // A node without peers to catch up with is ready from the start: nothing to wait for,
+        // and answering "not ready" until the view task first runs would only be a race.
         let initial_view = NodeView {
             view: local.registry.view(hlc.now_ms()),
             members: Vec::new(),
-            ready: false,
+            ready: !has_peers(&config),
         };
         let (views, _) = watch::channel(Arc::new(initial_view));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -297,6 +299,7 @@ impl Node {
             gossip = %config.gossip_advertise,
             cluster = %config.cluster_id,
             seeds = ?config.seeds,
+            ready = inner.views.borrow().ready,
             "node started"
         );
         Ok(Node {
@@ -584,8 +587,8 @@ async fn view_task(
 ) {
     let started = Instant::now();
     let mut first_peer_at: Option<Instant> = None;
-    let mut ready = false;
     let mut prev: Arc<NodeView> = inner.views.borrow().clone();
+    let mut ready = prev.ready;
     let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut membership = tokio::time::interval(inner.config.gossip_interval);
@@ -593,11 +596,7 @@ async fn view_task(
     let mut snapshot_marker: Option<u64> = None;
     let mut members: Vec<Member> = Vec::new();
     let mut batch = Vec::new();
-    let has_peers = inner
-        .config
-        .seeds
-        .iter()
-        .any(|s| s.parse::<SocketAddr>().ok() != Some(inner.config.gossip_advertise));
+    let has_peers = has_peers(&inner.config);
     // When the view next changes on its own (a deadline passing). Computed with each view:
     // without a recompute deadlines only move later (renewals), so waking at this one is at
     // worst early, never late; an earlier deadline always comes with a recompute.
@@ -679,6 +678,14 @@ async fn view_task(
         }
         tokio::time::sleep(VIEW_MIN_INTERVAL).await;
     }
+}
+
+/// Whether any seed is another node (a node may list itself among the seeds).
+fn has_peers(config: &Config) -> bool {
+    config
+        .seeds
+        .iter()
+        .any(|s| s.parse::<SocketAddr>().ok() != Some(config.gossip_advertise))
 }
 
 /// Whether two views would render the same (deadlines aside: renewals change nothing).

@@ -319,8 +319,20 @@ fn default_ttl_is_four_seconds_and_renewal_extends_it() {
     let http = Http::new();
     let r = http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/80"));
     assert_eq!(r.status, 200);
-    let one = http.get(&c.url(0, "/v1/registrations/web/1/10.0.0.1/80"));
+    let one_url = c.url(0, "/v1/registrations/web/1/10.0.0.1/80");
+    let one = http.get(&one_url);
     assert_eq!(one.body["ttl_ms"], 4000);
+    // Fixed-width RFC 3339 with milliseconds: later instants compare greater as strings.
+    let first_expiry = one.body["expires"].as_str().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(10),
+        "a renewal moves the expiry later",
+        || {
+            let r = http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/80"));
+            assert_eq!(r.status, 200);
+            http.get(&one_url).body["expires"].as_str().unwrap() > first_expiry.as_str()
+        },
+    );
     let status = http.get(&c.url(0, "/v1/status"));
     assert_eq!(status.body["registrations_live"], 1);
     assert_eq!(status.body["ready"], true);
