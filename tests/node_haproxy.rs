@@ -71,11 +71,7 @@ fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
             200
         );
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "the burst took {:?}",
-        start.elapsed()
-    );
+    let burst = start.elapsed();
     let cfg_path = dir.0.join("haproxy.cfg");
     // Applied means HAProxy runs it: the status's config hash (set after a verified reload) is
     // the file's. The file alone is renamed in place before the reload.
@@ -96,9 +92,13 @@ fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
         },
     );
     let after = reloads();
+    // The debounce applies once the changes pause (200 ms) or the oldest is 1 s old: a burst
+    // within a second reloads at most twice, and each further second of a burst slowed down by
+    // a loaded machine may add one reload, no more.
+    let bound = 2 + burst.as_secs();
     assert!(
-        (1..=2).contains(&(after - before)),
-        "{} reloads for the burst",
+        (1..=bound).contains(&(after - before)),
+        "{} reloads for a burst of {burst:?}",
         after - before
     );
 }
