@@ -463,6 +463,80 @@ fn a_reload_failing_after_the_check_restores_the_last_good_config() {
 }
 
 #[test]
+fn a_config_refused_for_a_port_in_use_is_applied_once_the_port_is_free() {
+    let a = TestServer::start("a");
+    let port = free_port();
+    let settings = ApplyConfig {
+        retry_failed_after: Duration::from_secs(1),
+        ..fast()
+    };
+    let rig = Rig::start(
+        "port-in-use",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        settings,
+        None,
+    );
+    // Another program holds the port of a new frontend: `haproxy -c` passes, HAProxy refuses
+    // the reload.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second_port = taken.local_addr().unwrap().port();
+    let mut nv = view(port, "v1", &[(&a, "v1")]);
+    let mut second = frontend(second_port, "web");
+    second.name = "second".into();
+    nv.view.frontends.insert("second".into(), second);
+    rig.send(nv);
+    let err = wait_for("the refused reload in status", WAIT, || rig.status().error);
+    assert!(err.contains("HAProxy rejected the new config"), "{err}");
+    rig.assert_serves("a");
+
+    // The port is freed and nothing else changes: the same config is tried again and applied.
+    drop(taken);
+    let s = wait_for("the retried config to be applied", WAIT, || {
+        Some(rig.status()).filter(|s| s.ok)
+    });
+    assert!(s.error.is_none() && s.failures >= 1, "{s:?}");
+    assert_eq!(served(second_port).as_deref(), Some("a"));
+    rig.assert_serves("a");
+}
+
+#[test]
+fn a_reload_the_master_never_answered_is_retried_without_a_change() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let settings = ApplyConfig {
+        reload_timeout: Duration::from_millis(500),
+        ..fast()
+    };
+    let rig = Rig::start(
+        "unanswered",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        settings,
+        None,
+    );
+    // The master CLI is gone for a while (HAProxy restarting, say): no reload can be sent.
+    let socket = rig.haproxy.master_socket.clone();
+    let aside = socket.with_extension("aside");
+    std::fs::rename(&socket, &aside).unwrap();
+    rig.send(view(port, "v1", &[(&b, "v1")]));
+    let err = wait_for("the unreachable master in status", WAIT, || {
+        rig.status().error
+    });
+    assert!(err.contains("master CLI is unreachable"), "{err}");
+    rig.assert_serves("a");
+
+    // It is back; the view does not change again. The apply is retried on its own.
+    std::fs::rename(&aside, &socket).unwrap();
+    let s = wait_for("the retried config to be applied", WAIT, || {
+        Some(rig.status()).filter(|s| s.ok)
+    });
+    assert!(s.error.is_none() && s.failures >= 1, "{s:?}");
+    rig.wait_all_served_by("b", 10);
+}
+
+#[test]
 fn a_burst_of_200_changes_in_a_second_reloads_at_most_twice() {
     let a = TestServer::start("a");
     let port = free_port();

@@ -95,8 +95,10 @@ pub struct ApplyConfig {
     /// Longest a reload may take to show a new worker (or a failure) before it counts as failed.
     #[serde(default = "default_reload_timeout", with = "humantime_serde")]
     pub reload_timeout: Duration,
-    /// A render identical to one that failed is not retried before this much time has passed,
-    /// so that renewals do not make a bad config reload HAProxy over and over.
+    /// A config that failed the check or that HAProxy refused to load is tried again after
+    /// this long (a port in use may have been freed), not sooner, so that renewals do not make
+    /// a bad config reload HAProxy over and over. A reload with no verdict (the master did not
+    /// answer) is retried sooner: after 1 s, doubling up to this.
     #[serde(default = "default_retry_failed_after", with = "humantime_serde")]
     pub retry_failed_after: Duration,
 }
@@ -155,6 +157,12 @@ impl ApplyConfig {
                     humantime::format_duration(value).to_string()
                 ));
             }
+        }
+        if self.retry_failed_after < Duration::from_secs(1) || self.retry_failed_after > hour {
+            return Err(format!(
+                "apply.retry_failed_after = {:?} must be at least \"1s\" and at most \"1h\"",
+                humantime::format_duration(self.retry_failed_after).to_string()
+            ));
         }
         Ok(())
     }
@@ -395,5 +403,12 @@ mod tests {
         let err = a.validate().unwrap_err();
         assert!(err.contains("debounce_quiet"), "{err}");
         assert!(toml::from_str::<ApplyConfig>("debounce_quiet = 5").is_err());
+        // Retrying a failed config at once would reload HAProxy in a loop.
+        let a: ApplyConfig = toml::from_str("retry_failed_after = \"100ms\"").unwrap();
+        let err = a.validate().unwrap_err();
+        assert!(
+            err.starts_with("apply.retry_failed_after = \"100ms\""),
+            "{err}"
+        );
     }
 }

@@ -37,11 +37,14 @@ pub enum RenderError {
     /// The check command could not be run at all, or ran out of time.
     #[error("cannot run check `{command}`: {reason}")]
     CheckRun { command: String, reason: String },
-    /// HAProxy could not be told to reload, or the reload did not take.
+    /// HAProxy could not be told to reload, or the reload did not take. `rejected`: HAProxy
+    /// said the reload failed (its own verdict); otherwise the outcome is unknown (the master
+    /// did not answer, or not in time), which may pass on its own.
     #[error("reload ({method}) failed: {reason}")]
     Reload {
         method: &'static str,
         reason: String,
+        rejected: bool,
     },
     /// Watching template directories failed.
     #[error("cannot watch {path}: {source}")]

@@ -137,13 +137,34 @@ pub(crate) async fn show_proc(master_socket: &Path) -> Result<ProcSnapshot, Stri
     })
 }
 
+/// Why a reload was not confirmed.
+#[derive(Debug)]
+enum Unconfirmed {
+    /// HAProxy's master counted the reload as failed.
+    Rejected(String),
+    /// No verdict: the master did not answer, or not in time.
+    Unknown(String),
+}
+
+/// Reads `show proc`, retrying while the master does not answer (it re-executes itself during a
+/// reload, so a reload still in progress makes it unreachable for a moment), until `deadline`.
+async fn show_proc_until(master_socket: &Path, deadline: Instant) -> Result<ProcSnapshot, String> {
+    loop {
+        match show_proc(master_socket).await {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
 /// Waits until the master has finished the reload that followed `before`: `Ok` when a new
 /// worker serves, `Err` when the master counted a failure or nothing happened in time.
 async fn verify(
     master_socket: &Path,
     before: &ProcSnapshot,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Unconfirmed> {
     let deadline = Instant::now() + timeout;
     loop {
         let last_problem = match show_proc(master_socket).await {
@@ -152,10 +173,10 @@ async fn verify(
                     return Ok(());
                 }
                 if now.failed > 0 {
-                    return Err(format!(
+                    return Err(Unconfirmed::Rejected(format!(
                         "HAProxy rejected the new config ({} failed reload(s) in a row; see HAProxy's log); the previous worker keeps serving",
                         now.failed
-                    ));
+                    )));
                 }
                 "the master reloaded but no new worker appeared yet".to_string()
             }
@@ -164,10 +185,10 @@ async fn verify(
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(Unconfirmed::Unknown(format!(
                 "not confirmed within {}: {last_problem}",
                 humantime::format_duration(timeout)
-            ));
+            )));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -224,16 +245,23 @@ async fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
 /// there is no master socket to confirm it).
 pub(crate) async fn reload(cfg: &ReloadConfig, timeout: Duration) -> Result<bool, RenderError> {
     let method = method_name(cfg);
-    let fail = |reason: String| RenderError::Reload { method, reason };
+    // Failures to reach HAProxy or to learn the outcome may pass on their own; a command that
+    // exits non-zero or a master that counts a failure is a verdict.
+    let fail = |reason: String| RenderError::Reload {
+        method,
+        reason,
+        rejected: false,
+    };
     let master_socket = match cfg {
         ReloadConfig::MasterSocket { socket } => Some(socket.as_path()),
         ReloadConfig::Pidfile { master_socket, .. }
         | ReloadConfig::Command { master_socket, .. } => master_socket.as_deref(),
         ReloadConfig::None => return Ok(true),
     };
+    let deadline = Instant::now() + timeout;
     let before = match master_socket {
         Some(socket) => Some(
-            show_proc(socket)
+            show_proc_until(socket, deadline)
                 .await
                 .map_err(|e| fail(format!("HAProxy's master CLI is unreachable: {e}")))?,
         ),
@@ -249,15 +277,26 @@ pub(crate) async fn reload(cfg: &ReloadConfig, timeout: Duration) -> Result<bool
                 .map_err(|e| fail(format!("cannot signal master PID {pid}: {e}")))?;
         }
         ReloadConfig::Command { command, .. } => {
-            run_command(command, timeout).await.map_err(fail)?;
+            run_command(command, timeout)
+                .await
+                .map_err(|reason| RenderError::Reload {
+                    method,
+                    reason,
+                    rejected: true,
+                })?;
         }
         ReloadConfig::None => {}
     }
     match (master_socket, before) {
-        (Some(socket), Some(before)) => verify(socket, &before, timeout)
-            .await
-            .map_err(fail)
-            .map(|()| true),
+        (Some(socket), Some(before)) => match verify(socket, &before, timeout).await {
+            Ok(()) => Ok(true),
+            Err(Unconfirmed::Rejected(reason)) => Err(RenderError::Reload {
+                method,
+                reason,
+                rejected: true,
+            }),
+            Err(Unconfirmed::Unknown(reason)) => Err(fail(reason)),
+        },
         _ => Ok(false),
     }
 }

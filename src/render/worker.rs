@@ -84,9 +84,43 @@ struct Slot {
     compiled: Option<Arc<Compiled>>,
     /// The config HAProxy is known to run: the file found at start, then each verified apply.
     last_good: Option<Vec<u8>>,
-    /// A render that failed to apply, and when: not retried before `retry_failed_after`, so
-    /// renewals do not make a bad config reload HAProxy again and again.
-    last_failed: Option<(String, Instant)>,
+    /// A render that failed to apply: retried only once its back-off has passed, so renewals
+    /// do not make a bad config reload HAProxy again and again.
+    last_failed: Option<Failed>,
+}
+
+/// A render that failed to apply, and when it may be tried again.
+#[derive(Debug, Clone)]
+struct Failed {
+    hash: String,
+    retry_at: Instant,
+    /// Consecutive unconfirmed attempts of this render: each doubles the wait.
+    attempts: u32,
+    /// Whether the worker wakes at `retry_at` to try again: cleared once it has woken, so a
+    /// retry that cannot run (the view not ready, a template that no longer renders) does
+    /// not wake it again and again.
+    wake: bool,
+}
+
+/// The first wait before retrying a render whose reload had no verdict (the master did not
+/// answer, or not in time): that may pass on its own, so it is retried soon, then less often.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why an apply failed, for the status, and whether the cause may pass on its own.
+struct ApplyFailure {
+    text: String,
+    /// No verdict from HAProxy (unreachable, not confirmed in time): retried with back-off.
+    /// Otherwise (the check or HAProxy rejected the config) only after `retry_failed_after`.
+    transient: bool,
+}
+
+impl From<String> for ApplyFailure {
+    fn from(text: String) -> Self {
+        ApplyFailure {
+            text,
+            transient: false,
+        }
+    }
 }
 
 /// When the next apply is due: after a quiet period, or once the oldest change is too old.
@@ -168,6 +202,17 @@ impl Worker {
         }
         loop {
             let deadline = debounce.deadline(&self.settings);
+            // A failed render is tried again when its back-off ends, even if nothing changes.
+            let retry_at = self
+                .slots
+                .iter()
+                .filter_map(|s| {
+                    s.last_failed
+                        .as_ref()
+                        .filter(|f| f.wake)
+                        .map(|f| f.retry_at)
+                })
+                .min();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
@@ -184,6 +229,16 @@ impl Worker {
                     debug!("render: a template changed on disk");
                     templates_stale = true;
                     debounce.mark(Instant::now());
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && deadline.is_none() => {
+                    debug!("render: retrying a config that failed to apply");
+                    let now = Instant::now();
+                    for f in self.slots.iter_mut().filter_map(|s| s.last_failed.as_mut()) {
+                        if f.retry_at <= now {
+                            f.wake = false;
+                        }
+                    }
+                    debounce.mark(now);
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     debounce.clear();
@@ -352,12 +407,14 @@ impl Worker {
             return;
         }
         let hash = config_hash(&bytes);
-        if let Some((failed, at)) = &self.slots[i].last_failed {
-            if *failed == hash && at.elapsed() < self.settings.retry_failed_after {
+        let attempts = match &self.slots[i].last_failed {
+            Some(f) if f.hash == hash && Instant::now() < f.retry_at => {
                 debug!(template = %name, hash = %hash, "render: skipping a render that failed recently");
                 return;
             }
-        }
+            Some(f) if f.hash == hash => f.attempts,
+            _ => 0,
+        };
         self.set_status(i, |s| {
             s.applies += 1;
             s.last_apply = Some(SystemTime::now());
@@ -381,10 +438,23 @@ impl Worker {
                     s.last_success = Some(SystemTime::now());
                 });
             }
-            Err(text) => {
-                self.slots[i].last_failed = Some((hash.clone(), Instant::now()));
+            Err(ApplyFailure { text, transient }) => {
+                let wait = if transient {
+                    FIRST_RETRY
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(self.settings.retry_failed_after)
+                } else {
+                    self.settings.retry_failed_after
+                };
+                self.slots[i].last_failed = Some(Failed {
+                    hash: hash.clone(),
+                    retry_at: Instant::now() + wait,
+                    attempts: attempts + 1,
+                    wake: true,
+                });
                 error!(template = %name, destination = %dest.display(), hash = %hash,
-                    error = %text, "render: apply failed; the last good config keeps serving");
+                    error = %text, retry_in = %humantime::format_duration(wait),
+                    "render: apply failed; the last good config keeps serving");
                 self.set_status(i, |s| {
                     s.failures += 1;
                     s.error = Some(text);
@@ -407,8 +477,8 @@ impl Worker {
     }
 
     /// Check, write, reload, verify; on a failed reload, put the last good config back.
-    /// Returns whether the reload was verified, or the error text for the status.
-    async fn put_in_place(&mut self, i: usize, bytes: &[u8]) -> Result<bool, String> {
+    /// Returns whether the reload was verified, or why the apply failed.
+    async fn put_in_place(&mut self, i: usize, bytes: &[u8]) -> Result<bool, ApplyFailure> {
         let cfg = self.slots[i].cfg.clone();
         let dest = cfg.destination.clone();
         let owned = bytes.to_vec();
@@ -431,17 +501,19 @@ impl Worker {
             .await
             .map_err(|e| format!("renaming panicked: {e}"))?
             .map_err(|e| e.to_string())?;
-        let reload_error = match self.reload(i).await {
+        let (reload_error, transient) = match self.reload(i).await {
             Ok(verified) => return Ok(verified),
-            Err(e) => e.to_string(),
+            Err(e @ RenderError::Reload { rejected, .. }) => (e.to_string(), !rejected),
+            Err(e) => (e.to_string(), false),
         };
+        let fail = |text: String| ApplyFailure { text, transient };
         // HAProxy refused the file (a bind it cannot make, say). Its old worker still serves
         // the old config; put that config back on disk so a restart does not pick up the bad
         // one, and reload so the master leaves its failed state.
         let Some(good) = self.slots[i].last_good.clone() else {
-            return Err(format!(
+            return Err(fail(format!(
                 "{reload_error}; no earlier config to restore, the new one stays on disk"
-            ));
+            )));
         };
         let dest = cfg.destination.clone();
         let restored = tokio::task::spawn_blocking(move || files::write_atomic(&dest, &good))
@@ -449,9 +521,9 @@ impl Worker {
             .map_err(|e| format!("restoring panicked: {e}"))
             .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(e) = restored {
-            return Err(format!(
+            return Err(fail(format!(
                 "{reload_error}; restoring the last good config failed too: {e}"
-            ));
+            )));
         }
         let good_hash = self.slots[i]
             .last_good
@@ -459,12 +531,12 @@ impl Worker {
             .map(config_hash)
             .unwrap_or_default();
         match self.reload(i).await {
-            Ok(_) => Err(format!(
+            Ok(_) => Err(fail(format!(
                 "{reload_error}; restored the last good config ({good_hash}) and reloaded it"
-            )),
-            Err(e) => Err(format!(
+            ))),
+            Err(e) => Err(fail(format!(
                 "{reload_error}; restored the last good config ({good_hash}) but reloading it failed: {e}"
-            )),
+            ))),
         }
     }
 
