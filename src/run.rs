@@ -223,7 +223,9 @@ fn register_collectors(
     dropped: Arc<std::sync::atomic::AtomicU64>,
     render: SharedRender,
 ) {
-    use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+    use prometheus_client::encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet,
+    };
     use prometheus_client::metrics::counter::ConstCounter;
     use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -269,27 +271,75 @@ fn register_collectors(
                 }
             }
         }
-        type Pick = fn(&TemplateStatus) -> Option<f64>;
-        let gauges: [(&str, &str, Pick); 5] = [
-            ("reloads", "Reloads sent to HAProxy (counter)", |s| {
-                Some(s.reloads as f64)
+        type Count = fn(&TemplateStatus) -> u64;
+        let counters: [(&str, &str, Count); 2] = [
+            (
+                "reloads",
+                "Reloads sent to HAProxy, including those that put the last good config back",
+                |s| s.reloads,
+            ),
+            ("renders", "Renders done", |s| s.renders),
+        ];
+        for (name, help, count) in counters {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for s in &all {
+                let labels = TemplateLabels {
+                    template: s.name.clone(),
+                };
+                ConstCounter::new(count(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        type Spread = fn(&TemplateStatus) -> &crate::render::Durations;
+        let histograms: [(&str, &str, Spread); 2] = [
+            ("render_duration_seconds", "How long renders take", |s| {
+                &s.render_durations
             }),
+            (
+                "validate_duration_seconds",
+                "How long `haproxy -c` takes",
+                |s| &s.check_durations,
+            ),
+        ];
+        for (name, help, spread) in histograms {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for s in &all {
+                let labels = TemplateLabels {
+                    template: s.name.clone(),
+                };
+                let d = spread(s);
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    d.sum_seconds,
+                    d.count,
+                    &d.buckets,
+                    None,
+                )?;
+            }
+        }
+        type Pick = fn(&TemplateStatus) -> Option<f64>;
+        let gauges: [(&str, &str, Pick); 3] = [
             (
                 "template_ok",
                 "1 when HAProxy runs the latest render of the template",
                 |s| Some(if s.ok { 1.0 } else { 0.0 }),
             ),
-            ("render_seconds", "Duration of the last render", |s| {
+            ("last_render_seconds", "Duration of the last render", |s| {
                 s.last_render_seconds
             }),
             (
-                "validate_seconds",
+                "last_validate_seconds",
                 "Duration of the last `haproxy -c`",
                 |s| s.last_check_seconds,
             ),
-            ("renders", "Renders done (counter)", |s| {
-                Some(s.renders as f64)
-            }),
         ];
         for (name, help, pick) in gauges {
             let mut m = enc.encode_descriptor(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Http, TestCluster};
+use common::{sample, scrape, wait_until, Http, TestCluster};
 use serde_json::{json, Value};
 
 #[test]
@@ -346,26 +346,6 @@ fn sigterm_stops_the_node_cleanly() {
     let mut c = TestCluster::start(1);
     let status = c.nodes[0].as_mut().unwrap().terminate();
     assert!(status.success(), "exit status {status:?}");
-}
-
-fn scrape(http: &Http, url: &str) -> prometheus_parse::Scrape {
-    let r = http.get(url);
-    assert_eq!(r.status, 200);
-    let lines = r.text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
-}
-
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
 }
 
 #[test]

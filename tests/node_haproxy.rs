@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::haproxy::{master_reloads, served, write_node_files, Haproxy, TempDir, TestServer};
-use common::{free_port, wait_until, Http, Proc};
+use common::{free_port, sample, scrape, wait_until, Http, Proc};
 
 #[test]
 fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
@@ -101,4 +101,47 @@ fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
         "{} reloads for a burst of {burst:?}",
         after - before
     );
+
+    // /metrics tells the same story as the status and as HAProxy.
+    let status = http.get(&node.url("/v1/status")).body["templates"][0].clone();
+    let m = scrape(&http, &node.url("/metrics"));
+    let t = [("template", "haproxy")];
+    let applies = status["applies"].as_f64().unwrap();
+    assert!(applies >= 2.0, "{status}");
+    assert_eq!(
+        sample(&m, "bender_applies_total", &[t[0], ("result", "ok")]),
+        Some(applies)
+    );
+    assert_eq!(
+        sample(&m, "bender_applies_total", &[t[0], ("result", "error")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, "bender_reloads_total", &t),
+        status["reloads"].as_f64()
+    );
+    assert_eq!(sample(&m, "bender_template_ok", &t), Some(1.0));
+    assert!(sample(&m, "bender_seconds_since_last_successful_apply", &t).is_some());
+    // Every render and every `haproxy -c` is in its histogram.
+    for (name, count) in [
+        ("bender_render_duration_seconds", status["renders"].as_f64()),
+        ("bender_validate_duration_seconds", Some(applies)),
+    ] {
+        assert_eq!(sample(&m, &format!("{name}_count"), &t), count, "{name}");
+        let buckets = m
+            .samples
+            .iter()
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) if s.metric == name => Some(b.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} has buckets"));
+        let inf = buckets.last().unwrap();
+        assert!(inf.less_than.is_infinite(), "{name}: last bucket {inf:?}");
+        assert_eq!(
+            Some(inf.count),
+            count,
+            "{name}: +Inf holds every observation"
+        );
+    }
 }

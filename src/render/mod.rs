@@ -16,6 +16,7 @@
 
 mod config;
 mod context;
+mod durations;
 mod error;
 mod files;
 mod reload;
@@ -38,6 +39,7 @@ pub use config::{
 pub use context::{
     BackendCtx, FrontendCtx, MemberCtx, NodeCtx, RegistrationCtx, RenderContext, RuleCtx, ServerCtx,
 };
+pub use durations::Durations;
 pub use error::RenderError;
 pub use template::haproxy_quote;
 pub use worker::TemplateStatus;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::{ApplyConfig, ReloadConfig, TemplateConfig};
+use super::durations::Durations;
 use super::error::RenderError;
 use super::template::Compiled;
 use super::{config_hash, context, files, reload, template};
@@ -47,6 +48,12 @@ pub struct TemplateStatus {
     pub last_render_seconds: Option<f64>,
     /// How long the last validation (`haproxy -c`) took.
     pub last_check_seconds: Option<f64>,
+    /// Every render's duration, for `/metrics` (not in the JSON status).
+    #[serde(skip)]
+    pub render_durations: Durations,
+    /// Every validation's duration, for `/metrics` (not in the JSON status).
+    #[serde(skip)]
+    pub check_durations: Durations,
     #[serde(with = "humantime_serde")]
     pub last_apply: Option<SystemTime>,
     #[serde(with = "humantime_serde")]
@@ -69,6 +76,8 @@ impl TemplateStatus {
             reloads: 0,
             last_render_seconds: None,
             last_check_seconds: None,
+            render_durations: Durations::default(),
+            check_durations: Durations::default(),
             last_apply: None,
             last_success: None,
         }
@@ -390,6 +399,7 @@ impl Worker {
         self.set_status(i, |s| {
             s.renders += 1;
             s.last_render_seconds = Some(render_seconds);
+            s.render_durations.observe(render_seconds);
         });
         let (bytes, current) = match rendered {
             Ok(Ok(r)) => r,
@@ -495,7 +505,10 @@ impl Worker {
         )
         .await;
         let check_seconds = check_started.elapsed().as_secs_f64();
-        self.set_status(i, |s| s.last_check_seconds = Some(check_seconds));
+        self.set_status(i, |s| {
+            s.last_check_seconds = Some(check_seconds);
+            s.check_durations.observe(check_seconds);
+        });
         checked.map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || staged.commit())
             .await
