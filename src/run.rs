@@ -260,7 +260,7 @@ fn register_collectors(
             )?;
             for s in &all {
                 for (result, n) in [
-                    ("ok", s.applies - s.failures.min(s.applies)),
+                    ("ok", s.applies.saturating_sub(s.failures)),
                     ("error", s.failures),
                 ] {
                     let labels = ResultLabels {
@@ -272,13 +272,18 @@ fn register_collectors(
             }
         }
         type Count = fn(&TemplateStatus) -> u64;
-        let counters: [(&str, &str, Count); 2] = [
+        let counters: [(&str, &str, Count); 3] = [
             (
                 "reloads",
                 "Reloads sent to HAProxy, including those that put the last good config back",
                 |s| s.reloads,
             ),
             ("renders", "Renders done", |s| s.renders),
+            (
+                "render_errors",
+                "Renders that failed (a template error at render time)",
+                |s| s.render_errors,
+            ),
         ];
         for (name, help, count) in counters {
             let mut m = enc.encode_descriptor(

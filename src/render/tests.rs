@@ -332,10 +332,7 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
         tx.send(Arc::new(nv)).unwrap();
         tokio::time::sleep(Duration::from_millis(4)).await;
     }
-    assert!(
-        start.elapsed() < Duration::from_millis(1_500),
-        "the burst took too long"
-    );
+    let burst = start.elapsed();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let expect = render_default(
         &{
@@ -359,8 +356,14 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Quiet 200 ms / max 1 s: at most two applies for a burst within a second, and one more
+    // per extra second when a loaded machine stretches the burst.
     let applies = handle.status()[0].applies;
-    assert!((1..=2).contains(&applies), "{:?}", handle.status());
+    assert!(
+        (1..=2 + burst.as_secs()).contains(&applies),
+        "burst of {burst:?}: {:?}",
+        handle.status()
+    );
 
     // Renewals only: rendered again, never rewritten.
     let renders = handle.status()[0].renders;
@@ -390,6 +393,79 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
         .await
         .expect("the task stops after shutdown");
     assert!(handle.is_stopped());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Waits until the first template's status satisfies `f`, or panics naming `what`.
+async fn wait_status(
+    handle: &RenderHandle,
+    what: &str,
+    f: impl Fn(&TemplateStatus) -> bool,
+) -> TemplateStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = handle.status().remove(0);
+        if f(&s) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A template that fails only at render time: counted as a render error (once per distinct
+/// error), never as an apply, and the file keeps the last good render.
+#[tokio::test]
+async fn a_render_error_is_counted_apart_from_applies() {
+    let dir = std::env::temp_dir().join(format!("bender-render-error-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("t.tera");
+    // Parses; fails to render as soon as a backend exists (no such var).
+    std::fs::write(
+        &source,
+        "{% for b in backends %}{{ vars.no_such_var }}{% endfor %}backends\n",
+    )
+    .unwrap();
+    let t = TemplateConfig {
+        name: "t".into(),
+        source,
+        destination: dir.join("out.cfg"),
+        check: Some(vec![]),
+        reload: ReloadConfig::None,
+        vars: BTreeMap::new(),
+        server_state: None,
+    };
+    let ready = |nv: NodeView| Arc::new(NodeView { ready: true, ..nv });
+    let (tx, rx) = tokio::sync::watch::channel(ready(NodeView::default()));
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let settings = ApplyConfig {
+        debounce_quiet: Duration::from_millis(10),
+        debounce_max: Duration::from_millis(50),
+        ..ApplyConfig::default()
+    };
+    let handle = spawn(settings, vec![t], "lb-1".into(), rx, shutdown);
+    let s = wait_status(&handle, "the first apply", |s| s.ok).await;
+    assert_eq!((s.applies, s.render_errors), (1, 0), "{s:?}");
+
+    tx.send(ready(fixture(1))).unwrap();
+    let s = wait_status(&handle, "the render error", |s| s.error.is_some()).await;
+    assert_eq!((s.applies, s.failures, s.render_errors), (1, 0, 1), "{s:?}");
+    assert!(s.error.as_deref().unwrap().contains("no_such_var"), "{s:?}");
+    // The same error again (a renewal): rendered, not counted twice.
+    let renders = s.renders;
+    tx.send(ready(fixture(2))).unwrap();
+    let s = wait_status(&handle, "the next render", |s| s.renders > renders).await;
+    assert_eq!((s.applies, s.failures, s.render_errors), (1, 0, 1), "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.cfg")).unwrap(),
+        "backends\n"
+    );
+
+    trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(10), handle.stopped())
+        .await
+        .expect("the task stops after shutdown");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -42,6 +42,9 @@ pub struct TemplateStatus {
     pub applies: u64,
     /// Of those, the ones that failed (check, write, or reload).
     pub failures: u64,
+    /// Renders that failed (a template error at render time), counted once per distinct error:
+    /// they never reach the apply step, so they are not among `applies`.
+    pub render_errors: u64,
     /// Reloads sent to HAProxy, including those that put the last good config back.
     pub reloads: u64,
     /// How long the last render took (context, template, reading the current file).
@@ -73,6 +76,7 @@ impl TemplateStatus {
             renders: 0,
             applies: 0,
             failures: 0,
+            render_errors: 0,
             reloads: 0,
             last_render_seconds: None,
             last_check_seconds: None,
@@ -480,7 +484,7 @@ impl Worker {
             if s.error.as_deref() != Some(&text) {
                 error!(template = %name, error = %text,
                     "render: cannot render; the last good config keeps serving");
-                s.failures += 1;
+                s.render_errors += 1;
             }
             s.error = Some(text);
         });
