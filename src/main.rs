@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
-use bender::cli::{AgentArgs, Cli, Command};
+use bender::cli::{AgentArgs, Cli, Command, LogFormat};
 use bender::config::{Config, Overrides};
 
 // The API allocates a little per request; mimalloc serves many small short-lived allocations on
@@ -30,7 +30,13 @@ fn main() -> ExitCode {
             // One line, naming the flag and what is valid: operators grep logs for it.
             let text = e.render().to_string();
             let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("bender: {}", line.trim_start_matches("error: "));
+            let valid = match e.get(clap::error::ContextKind::ValidValue) {
+                Some(clap::error::ContextValue::Strings(values)) => {
+                    format!(" (valid: {})", values.join(", "))
+                }
+                _ => String::new(),
+            };
+            eprintln!("bender: {}{valid}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -54,13 +60,18 @@ fn main() -> ExitCode {
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("BENDER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        // One object per line: timestamp, level, fields (the message among them), span-free.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let overrides = Overrides {
         node_id: args.node_id,
         cluster_id: args.cluster_id,

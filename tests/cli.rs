@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bender"))
         .args(args)
@@ -23,6 +25,10 @@ fn bad_flags_are_one_line_errors_with_exit_code_2() {
         (&["agent", "--seed", "nope"][..], "seeds"),
         (&["agent", "--gossip-interval", "1h"][..], "gossip_interval"),
         (&["agent", "--no-such-flag"][..], "--no-such-flag"),
+        (
+            &["agent", "--log-format", "xml"][..],
+            "--log-format <LOG_FORMAT>' (valid: text, json)",
+        ),
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -61,4 +67,37 @@ fn version_and_help_succeed() {
     assert_eq!(code, 0);
     let (code, _) = run(&["agent", "--help"]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (api, gossip) = (common::free_port(), common::free_port());
+    let node = common::Proc::start(
+        "json",
+        api,
+        ([127, 0, 0, 1], gossip).into(),
+        [
+            "--log-format".to_string(),
+            "json".into(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ]
+        .to_vec(),
+    );
+    let next = || -> serde_json::Value {
+        let line = node
+            .logs
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a log line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    // The node answered /health, so both start-up lines are out.
+    let (first, second) = (next(), next());
+    assert_eq!(first["message"], "node started", "{first}");
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert!(first["timestamp"].is_string(), "{first}");
+    assert_eq!(first["ready"], true, "{first}");
+    assert_eq!(second["message"], "API listening", "{second}");
 }

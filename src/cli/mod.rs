@@ -98,6 +98,17 @@ pub struct AgentArgs {
     /// Directory for the node's snapshot [default: none, nothing kept across restarts].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Log lines as plain text, or as one JSON object per line for log shippers. The level
+    /// filter comes from BENDER_LOG (e.g. "info", "debug", "bender=debug").
+    #[arg(long, env = "BENDER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the agent writes its log lines (to stdout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the node's API is.
