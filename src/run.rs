@@ -233,6 +233,13 @@ fn register_collectors(
     struct TemplateLabels {
         template: String,
     }
+    impl TemplateLabels {
+        fn of(s: &TemplateStatus) -> Self {
+            TemplateLabels {
+                template: s.name.clone(),
+            }
+        }
+    }
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct ResultLabels {
         template: String,
@@ -293,9 +300,7 @@ fn register_collectors(
                 prometheus_client::metrics::MetricType::Counter,
             )?;
             for s in &all {
-                let labels = TemplateLabels {
-                    template: s.name.clone(),
-                };
+                let labels = TemplateLabels::of(s);
                 ConstCounter::new(count(s)).encode(m.encode_family(&labels)?)?;
             }
         }
@@ -318,9 +323,7 @@ fn register_collectors(
                 prometheus_client::metrics::MetricType::Histogram,
             )?;
             for s in &all {
-                let labels = TemplateLabels {
-                    template: s.name.clone(),
-                };
+                let labels = TemplateLabels::of(s);
                 let d = spread(s);
                 m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                     d.sum_seconds,
@@ -355,9 +358,7 @@ fn register_collectors(
             )?;
             for s in &all {
                 if let Some(v) = pick(s) {
-                    let labels = TemplateLabels {
-                        template: s.name.clone(),
-                    };
+                    let labels = TemplateLabels::of(s);
                     ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -371,9 +372,7 @@ fn register_collectors(
         for s in &all {
             if let Some(t) = s.last_success {
                 let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
-                let labels = TemplateLabels {
-                    template: s.name.clone(),
-                };
+                let labels = TemplateLabels::of(s);
                 ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
             }
         }

@@ -167,6 +167,14 @@ pub(crate) fn test_vars(dir: &Path) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// An empty directory of this test process, named after `tag`.
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bender-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn default_template(vars: BTreeMap<String, String>) -> TemplateConfig {
     TemplateConfig {
         name: "haproxy".into(),
@@ -209,8 +217,7 @@ fn default_template_matches_the_golden_file() {
 
 #[tokio::test]
 async fn the_golden_config_passes_haproxy_check() {
-    let dir = std::env::temp_dir().join(format!("bender-golden-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("golden");
     let target = dir.join("haproxy.cfg");
     let text = render_default(&fixture(1_000), test_vars(&dir));
     let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
@@ -285,8 +292,7 @@ fn context_sorts_servers_and_names_them_stably() {
 
 #[test]
 fn a_broken_template_reports_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("bender-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("broken");
     let source = dir.join("broken.cfg.tera");
     std::fs::write(
         &source,
@@ -307,9 +313,7 @@ fn a_broken_template_reports_file_and_line() {
 /// The worker, with no HAProxy at all: writes go to a temp dir, no check, no reload.
 #[tokio::test]
 async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
-    let dir = std::env::temp_dir().join(format!("bender-burst-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("burst");
     let dest = dir.join("haproxy.cfg");
     let mut t = default_template(test_vars(&dir));
     t.destination = dest.clone();
@@ -417,9 +421,7 @@ async fn wait_status(
 /// error), never as an apply, and the file keeps the last good render.
 #[tokio::test]
 async fn a_render_error_is_counted_apart_from_applies() {
-    let dir = std::env::temp_dir().join(format!("bender-render-error-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("render-error");
     let source = dir.join("t.tera");
     // Parses; fails to render as soon as a backend exists (no such var).
     std::fs::write(
@@ -482,8 +484,7 @@ async fn the_documented_example_template_works() {
         .nth(1)
         .and_then(|b| b.split("\n```").next())
         .expect("a jinja block follows the marker");
-    let dir = std::env::temp_dir().join(format!("bender-doc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("doc");
     let source = dir.join("example.cfg.tera");
     std::fs::write(&source, body).unwrap();
     let mut t = default_template(test_vars(&dir));
