@@ -54,11 +54,17 @@ fn start(n: usize) -> Cluster {
     let mut apis = Vec::new();
     for (i, (api, gossip)) in ports.iter().enumerate() {
         let mut cmd = Command::new(binary());
-        cmd.args(["agent", "--node-id", &format!("bench{i}")])
-            .args(["--api-listen", &format!("127.0.0.1:{api}")])
-            .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
-            .env("BENDER_LOG", "warn")
-            .stdout(Stdio::null());
+        cmd.args([
+            "agent",
+            "--node-id",
+            &format!("bench{i}"),
+            "--cluster-id",
+            "bench",
+        ])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
+        .env("BENDER_LOG", "warn")
+        .stdout(Stdio::null());
         for (j, (_, g)) in ports.iter().enumerate() {
             if j != i {
                 cmd.args(["--seed", &format!("127.0.0.1:{g}")]);

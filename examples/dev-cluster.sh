@@ -11,7 +11,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 for i in 1 2 3; do
   data=$(mktemp -d -t bender-dev-$i-XXXX)
-  "$bin" agent --node-id "dev$i" \
+  "$bin" agent --node-id "dev$i" --cluster-id dev \
     --api-listen "127.0.0.$i:1729" --gossip-listen "127.0.0.$i:1730" \
     --seed 127.0.0.1:1730 --seed 127.0.0.2:1730 --seed 127.0.0.3:1730 \
     --data-dir "$data" 2>&1 | sed "s/^/[dev$i] /" &

@@ -73,7 +73,7 @@ CFG
   ip netns exec "$ns" haproxy -W -D -S "$dir/master.sock" -f "$dir/haproxy.cfg" -p "$dir/haproxy.pid"
   seeds=()
   for j in 1 2 3; do [ "$j" != "$i" ] && seeds+=(--seed "10.232.2.$j:1730"); done
-  ip netns exec "$ns" "$bin" agent --config "$dir/bender.toml" --node-id "lb$i" \
+  ip netns exec "$ns" "$bin" agent --config "$dir/bender.toml" --node-id "lb$i" --cluster-id three-nodes \
     --api-listen "10.232.1.$i:1729" --gossip-listen "10.232.2.$i:1730" "${seeds[@]}" \
     2>&1 | sed "s/^/[lb$i] /" &
 done

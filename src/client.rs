@@ -1,5 +1,9 @@
-//! A small blocking client of a node's HTTP API, for the operator's CLI.
+//! A small blocking client of a node's HTTP API, for the operator's CLI: tries each node in
+//! turn, sends a bearer token, and speaks TLS (with a private CA, and a client certificate for
+//! mTLS) to `https://` addresses.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,12 +21,72 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {addr}: {message}")]
     Decode { addr: String, message: String },
+    /// A credential or CA file the flags name cannot be used.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How the client proves who it is, and whom it trusts.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The bearer token sent with every request.
+    pub token: Option<String>,
+    /// PEM CA certificate(s) to verify the node's certificate with (default: the public roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for nodes that map client certificates to scopes.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Reads a token file: the first line that is neither blank nor a `#` comment.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("token file {} holds no token", path.display()))
+}
+
+fn tls_config(c: &Credentials) -> Result<ureq::tls::TlsConfig, String> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let certs_of = |p: &Path| -> Result<Vec<Certificate<'static>>, String> {
+        let pem = read(p)?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", p.display()));
+        }
+        Ok(certs)
+    };
+    let mut builder = TlsConfig::builder();
+    if let Some(ca) = &c.ca_file {
+        builder = builder.root_certs(RootCerts::Specific(Arc::new(certs_of(ca)?)));
+    }
+    match (&c.cert_file, &c.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = certs_of(cert)?;
+            let key = PrivateKey::from_pem(&read(key)?)
+                .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+            builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        (None, None) => {}
+        _ => return Err("a client certificate needs both --cert and --key".into()),
+    }
+    Ok(builder.build())
 }
 
 /// A client that tries each configured node in turn, as the 0.2.1 client rotated through servers.
 pub struct Client {
     bases: Vec<String>,
     agent: ureq::Agent,
+    authorization: Option<String>,
 }
 
 fn base_url(addr: &str) -> String {
@@ -37,6 +101,12 @@ fn base_url(addr: &str) -> String {
 impl Client {
     /// `addrs`: one or more `host:port` or URLs (comma-separated entries are split too).
     pub fn new(addrs: &[String]) -> Self {
+        Self::with_credentials(addrs, &Credentials::default())
+            .expect("no files to read without credentials")
+    }
+
+    /// A client that authenticates as `c` says. Fails when a file it names cannot be used.
+    pub fn with_credentials(addrs: &[String], c: &Credentials) -> Result<Self, String> {
         let bases = addrs
             .iter()
             .flat_map(|a| a.split(','))
@@ -46,9 +116,14 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
+            .tls_config(tls_config(c)?)
             .build()
             .into();
-        Client { bases, agent }
+        Ok(Client {
+            bases,
+            agent,
+            authorization: c.token.as_ref().map(|t| format!("Bearer {t}")),
+        })
     }
 
     /// Sends a request to the first node that answers; returns the JSON body (Null if empty).
@@ -83,7 +158,10 @@ impl Client {
             addr: base.to_string(),
             message: e.to_string(),
         };
-        let builder = ureq::http::Request::builder().method(method).uri(&url);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(a) = &self.authorization {
+            builder = builder.header("authorization", a);
+        }
         let result = match body {
             Some(b) => {
                 let req = builder

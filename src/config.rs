@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::ApiConfig;
+use crate::auth::{AuthConfig, CompatConfig, RegistrationConfig};
 use crate::render::{ApplyConfig, TemplateConfig};
 
 /// A configuration error, worded for an operator.
@@ -72,6 +74,14 @@ pub struct FileConfig {
     pub clock_offset_warn: Option<Duration>,
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
+    pub api: Option<ApiConfig>,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub registration: Option<RegistrationConfig>,
+    #[serde(default)]
+    pub compat: Option<CompatConfig>,
+    #[serde(default)]
     pub apply: Option<ApplyConfig>,
     #[serde(default, rename = "template")]
     pub templates: Vec<TemplateConfig>,
@@ -121,6 +131,16 @@ pub struct Config {
     pub dead_node_grace: Duration,
     pub clock_offset_warn: Duration,
     pub max_body_bytes: u64,
+    /// Connection hygiene, TLS and config snippets (`[api]`).
+    pub api: ApiConfig,
+    /// Credentials (`[auth]`).
+    pub auth: AuthConfig,
+    /// Who may register which hosts (`[registration]`).
+    pub registration: RegistrationConfig,
+    /// Compatibility with bender 0.2.1 clients (`[compat]`).
+    pub compat: CompatConfig,
+    /// Whether `cluster_id` was set (rather than defaulted).
+    pub cluster_id_set: bool,
     pub apply: ApplyConfig,
     pub templates: Vec<TemplateConfig>,
 }
@@ -153,14 +173,23 @@ impl Config {
             .api_listen
             .or(file.api_listen)
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT)));
-        let gossip_listen = o
-            .gossip_listen
-            .or(file.gossip_listen)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT)));
         let seeds = if o.seeds.is_empty() {
             file.seeds
         } else {
             o.seeds
+        };
+        // Gossip is neither encrypted nor authenticated: a lone node keeps it on loopback, and
+        // a node with peers must be told which (private) address to use.
+        let gossip_listen = match o.gossip_listen.or(file.gossip_listen) {
+            Some(a) => a,
+            None if seeds.is_empty() => SocketAddr::from(([127, 0, 0, 1], DEFAULT_GOSSIP_PORT)),
+            None => {
+                return Err(invalid(
+                    "gossip_listen",
+                    "",
+                    "this host's private address (e.g. \"10.0.0.1:1730\") when seeds are set: gossip is neither encrypted nor authenticated, so it does not listen on every interface by default (see docs/security.md)",
+                ))
+            }
         };
         let gossip_advertise = match o.gossip_advertise.or(file.gossip_advertise) {
             Some(a) => a,
@@ -178,12 +207,11 @@ impl Config {
             };
             SocketAddr::new(ip, api_listen.port()).to_string()
         });
+        let cluster_id = o.cluster_id.or(file.cluster_id);
         let config = Config {
             node_id,
-            cluster_id: o
-                .cluster_id
-                .or(file.cluster_id)
-                .unwrap_or_else(|| "bender".to_string()),
+            cluster_id_set: cluster_id.is_some(),
+            cluster_id: cluster_id.unwrap_or_else(|| "bender".to_string()),
             api_listen,
             api_advertise,
             gossip_listen,
@@ -210,6 +238,10 @@ impl Config {
             dead_node_grace: file.dead_node_grace.unwrap_or(Duration::from_secs(3600)),
             clock_offset_warn: file.clock_offset_warn.unwrap_or(Duration::from_millis(200)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
+            api: file.api.unwrap_or_default(),
+            auth: file.auth.unwrap_or_default(),
+            registration: file.registration.unwrap_or_default(),
+            compat: file.compat.unwrap_or_default(),
             apply: file.apply.unwrap_or_default(),
             templates: file.templates,
         };
@@ -257,6 +289,21 @@ impl Config {
             "clock_offset_warn",
         );
         check(self.max_body_bytes != new.max_body_bytes, "max_body_bytes");
+        // [api.tls], [auth], [registration], [compat] and api.config_snippets are re-read on
+        // SIGHUP; the connection limits are fixed when the listener starts.
+        let limits = |a: &ApiConfig| {
+            (
+                a.header_read_timeout,
+                a.body_read_timeout,
+                a.idle_timeout,
+                a.max_connections,
+                a.max_connections_per_client,
+            )
+        };
+        check(
+            limits(&self.api) != limits(&new.api),
+            "api (timeouts and connection caps)",
+        );
         keys
     }
 
@@ -273,6 +320,13 @@ impl Config {
                 "node_id",
                 &self.node_id,
                 "1 to 128 characters from [A-Za-z0-9._-]",
+            ));
+        }
+        if !self.seeds.is_empty() && !self.cluster_id_set {
+            return Err(invalid(
+                "cluster_id",
+                "",
+                "a name of this cluster's own (e.g. \"prod-eu\") when seeds are set: nodes of another cluster left at the default would merge with this one",
             ));
         }
         if self.cluster_id.is_empty() || self.cluster_id.len() > 128 {
@@ -374,6 +428,9 @@ impl Config {
                 }
             }
         }
+        self.api
+            .validate()
+            .map_err(|(key, value, expected)| invalid(key, value, expected))?;
         self.apply
             .validate()
             .map_err(|e| invalid("apply", "…", e))?;
@@ -480,6 +537,34 @@ mod tests {
     }
 
     #[test]
+    fn a_node_with_peers_names_its_cluster_and_its_private_gossip_address() {
+        // A lone node keeps gossip on loopback.
+        let c = load("", Overrides::default()).unwrap();
+        assert_eq!(c.gossip_listen, SocketAddr::from(([127, 0, 0, 1], 1730)));
+        let err = load(
+            "seeds = [\"10.0.0.2:1730\"]\ngossip_listen = \"10.0.0.1:1730\"",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid cluster_id"), "{err}");
+        let err = load(
+            "cluster_id = \"prod\"\nseeds = [\"10.0.0.2:1730\"]",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid gossip_listen"),
+            "{err}"
+        );
+        let c = load(
+            "cluster_id = \"prod\"\nseeds = [\"10.0.0.2:1730\"]\ngossip_listen = \"10.0.0.1:1730\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.cluster_id_set);
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let o = Overrides {
             default_ttl: Some(Duration::from_millis(500)),
@@ -504,7 +589,7 @@ mod tests {
         let err = load("seeds = [\"nope\"]", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("seeds"), "{err}");
         let err = load(
-            "seeds = [\"10.0.0.2:1730\"]\ngossip_listen = \"10.0.0.1:1730\"\ngossip_allow = [\"192.168.0.0/16\"]",
+            "cluster_id = \"prod\"\nseeds = [\"10.0.0.2:1730\"]\ngossip_listen = \"10.0.0.1:1730\"\ngossip_allow = [\"192.168.0.0/16\"]",
             Overrides::default(),
         )
         .unwrap_err();

@@ -15,13 +15,15 @@
 //! - [`registry`]: the CRDT core and its gossip codec; pure, no I/O, time as a parameter.
 //! - [`node`]: chitchat glue, the write path, the view task, garbage collection, snapshots.
 //! - [`events`]: the diff between consecutive views.
-//! - [`api`]: the HTTP API (bender 0.2.1 routes and `/v1`).
+//! - [`api`]: the HTTP API (bender 0.2.1 routes and `/v1`), its server (TLS, timeouts, caps).
+//! - [`auth`]: tokens, client certificates, scopes, and the registration policy.
 //! - [`render`]: Tera templates rendered and applied to HAProxy.
 //! - [`config`], [`snapshot`], [`shutdown`]: configuration, local persistence, shutdown signal.
 //!
 //! See ARCHITECTURE.md for the invariants and why they hold.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cluster;

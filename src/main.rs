@@ -125,6 +125,10 @@ fn agent(args: AgentArgs) -> ExitCode {
         };
         match bender::run_with_reload(config, Some(reload), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e @ bender::RunError::Credentials(_)) => {
+                eprintln!("bender: {e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "bender stopped");
                 eprintln!("bender: {e}");

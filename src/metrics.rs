@@ -24,6 +24,11 @@ pub struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub kind: &'static str,
 }
@@ -37,6 +42,7 @@ pub struct MemberLabels {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub api_requests: Family<ApiLabels, Counter>,
+    pub api_refused: Family<RefusedLabels, Counter>,
     pub events: Family<EventLabels, Counter>,
     pub registrations_live: Gauge,
     pub backends: Gauge,
@@ -65,6 +71,12 @@ impl Metrics {
             "HTTP API requests by route, method and status",
             api_requests.clone(),
         );
+        let api_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "api_refused",
+            "API requests refused: no valid credential (unauthenticated), not enough scope (forbidden), or the registration policy",
+            api_refused.clone(),
+        );
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
@@ -90,6 +102,7 @@ impl Metrics {
         Metrics {
             registry: Mutex::new(registry),
             api_requests,
+            api_refused,
             events,
             registrations_live,
             backends,

@@ -31,7 +31,7 @@ use crate::cluster::{Member, NodeView};
 use crate::config::Config;
 use crate::events::{self, Event};
 use crate::hlc::{Clock, Hlc};
-use crate::model::{Backend, Frontend, Invalid, RegKey};
+use crate::model::{Backend, Frontend, Invalid, RegKey, Snippets};
 use crate::registry::{self, Lease, LiveRegistration, Marker, Record, Registry, Versioned};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::snapshot;
@@ -84,7 +84,7 @@ pub enum WriteMode {
 pub trait Entity: Clone + PartialEq + serde::Serialize + Send + Sync + 'static {
     const KIND: &'static str;
     fn name(&self) -> &str;
-    fn validate(&self) -> Result<(), Invalid>;
+    fn validate(&self, snippets: Snippets) -> Result<(), Invalid>;
     fn slots(reg: &Registry) -> &BTreeMap<String, crdts::LWWReg<Versioned<Self>, Marker>>;
     fn record(name: String, v: Versioned<Self>) -> Record;
 }
@@ -94,8 +94,8 @@ impl Entity for Backend {
     fn name(&self) -> &str {
         &self.name
     }
-    fn validate(&self) -> Result<(), Invalid> {
-        Backend::validate(self)
+    fn validate(&self, snippets: Snippets) -> Result<(), Invalid> {
+        Backend::validate(self, snippets)
     }
     fn slots(reg: &Registry) -> &BTreeMap<String, crdts::LWWReg<Versioned<Self>, Marker>> {
         &reg.backends
@@ -110,8 +110,8 @@ impl Entity for Frontend {
     fn name(&self) -> &str {
         &self.name
     }
-    fn validate(&self) -> Result<(), Invalid> {
-        Frontend::validate(self)
+    fn validate(&self, snippets: Snippets) -> Result<(), Invalid> {
+        Frontend::validate(self, snippets)
     }
     fn slots(reg: &Registry) -> &BTreeMap<String, crdts::LWWReg<Versioned<Self>, Marker>> {
         &reg.frontends
@@ -463,9 +463,15 @@ impl Node {
             .and_then(|r| r.val.value.clone())
     }
 
-    /// Creates or updates an entity (whole value, last writer wins cluster-wide).
-    pub async fn put<E: Entity>(&self, entity: E, mode: WriteMode) -> Result<(), EntityError> {
-        entity.validate()?;
+    /// Creates or updates an entity (whole value, last writer wins cluster-wide). Free-form
+    /// lines are checked as `snippets` says (the caller decides what it may write).
+    pub async fn put<E: Entity>(
+        &self,
+        entity: E,
+        mode: WriteMode,
+        snippets: Snippets,
+    ) -> Result<(), EntityError> {
+        entity.validate(snippets)?;
         let _guard = self.inner.entity_lock.lock().await;
         let exists = self.get::<E>(entity.name()).is_some();
         match mode {

@@ -9,7 +9,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::api::Hooks;
+use crate::api::{Hooks, Security};
 use crate::config::{Config, Overrides};
 use crate::hlc::SystemClock;
 use crate::metrics::{FnCollector, Metrics};
@@ -25,6 +25,10 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// A token, certificate or key file the config names cannot be used (exit code 2, like
+    /// any other config error: restarting cannot fix it).
+    #[error("{0}")]
+    Credentials(String),
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -66,6 +70,9 @@ pub async fn run_with_reload(
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
     let api_addr = config.api_listen;
+    let security = Arc::new(Security::load(&config).map_err(RunError::Credentials)?);
+    warn_about_exposure(&config, &security);
+    raise_fd_limit(&config);
     // Bind the API first: a taken port should fail before gossip announces this node.
     let listener = crate::api::bind(api_addr)
         .await
@@ -99,6 +106,7 @@ pub async fn run_with_reload(
             running_config,
             node.clone(),
             render.clone(),
+            security.clone(),
             shutdown.clone(),
         ))
     });
@@ -122,11 +130,12 @@ pub async fn run_with_reload(
             )),
         }
     }));
-    info!(api = %bound, "API listening");
+    info!(api = %bound, tls = security.tls_enabled(), "API listening");
     let api = tokio::spawn(crate::api::serve(
         node.clone(),
         listener,
         hooks,
+        security,
         shutdown.clone(),
     ));
 
@@ -177,6 +186,11 @@ fn start_render(render: &SharedRender, config: &Config, node: &Node, shutdown: &
         config.apply.clone(),
         config.templates.clone(),
         node.node_id().to_string(),
+        if config.api.config_snippets {
+            crate::model::Snippets::Raw
+        } else {
+            crate::model::Snippets::AllowListed
+        },
         node.views(),
         stage_shutdown,
     ));
@@ -191,6 +205,7 @@ async fn reload_loop(
     mut current: Config,
     node: Node,
     render: SharedRender,
+    security: Arc<Security>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -204,6 +219,12 @@ async fn reload_loop(
                 error!(error = %e, "config reload refused; the running config stays");
             }
             Ok(new) => {
+                // Tokens, certificates and keys first: if one cannot be read, nothing changes.
+                if let Err(e) = security.reload(&new) {
+                    error!(error = %e, "config reload refused; the running config stays");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    continue;
+                }
                 let pending = current.needs_restart(&new);
                 if !pending.is_empty() {
                     warn!(keys = ?pending, "config reload: these keys changed and take effect at the next restart");
@@ -214,6 +235,42 @@ async fn reload_loop(
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Says so at start when the API or gossip is more exposed than it should be.
+fn warn_about_exposure(config: &Config, security: &Security) {
+    if security.guard().loopback_only() {
+        if config.api_listen.ip().is_loopback() {
+            info!("API: no credentials configured; only clients on this host may use it");
+        } else {
+            warn!(api = %config.api_listen,
+                "API: no credentials configured, so only clients on this host (loopback) may use it; configure [[auth.token]] for app servers and operators (see docs/security.md)");
+        }
+    }
+    if !config.seeds.is_empty() && config.gossip_listen.ip().is_unspecified() {
+        warn!(gossip = %config.gossip_listen,
+            "gossip listens on every interface; it is neither encrypted nor authenticated: bind it to a private address or a WireGuard interface (see docs/security.md)");
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and warns when it is still below what
+/// the API's connection cap needs (every connection is a file descriptor).
+fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Gossip, the HAProxy checks and their pipes, template watches, snapshots: well under 256.
+    let needed = config.api.max_connections as u64 + 256;
+    if soft < needed {
+        warn!(limit = soft, needed, max_connections = config.api.max_connections,
+            "the open-file limit is below api.max_connections + 256: under a connection flood the node could run out of file descriptors; raise LimitNOFILE or lower api.max_connections");
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::auth::Tokens;
 use common::haproxy::{get_at, write_node_files, Haproxy, TempDir, TestServer};
 use common::netns::Hosts;
 use common::{wait_until, Http};
@@ -28,12 +29,13 @@ struct Renewer {
 }
 
 impl Renewer {
-    fn start(apis: Vec<String>) -> Renewer {
+    /// Renews with `token` (a `register` token: each app server registers its own address).
+    fn start(apis: Vec<String>, token: String) -> Renewer {
         let live: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (live.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let http = Http::new();
+            let http = Http::with_token(&token);
             let mut n = 0;
             while !s.load(Ordering::Relaxed) {
                 let paths: Vec<String> = l.lock().unwrap().iter().cloned().collect();
@@ -104,11 +106,18 @@ fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
     let mut hosts = Hosts::new(3);
     let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("e2e{i}"))).collect();
     let mut haproxies = Vec::new();
+    let mut tokens = None;
     for (i, dir) in dirs.iter().enumerate() {
+        // Every host with the same tokens, as the package's operators would copy them.
+        let t = Tokens::write(&dir.0.join("tokens"));
         let config = write_node_files(
             &dir.0,
-            "warmup = \"3s\"\n[apply]\ndebounce_quiet = \"100ms\"\ndebounce_max = \"500ms\"",
+            &format!(
+                "warmup = \"3s\"\n[apply]\ndebounce_quiet = \"100ms\"\ndebounce_max = \"500ms\"\n\n{}",
+                t.config()
+            ),
         );
+        tokens = Some(t);
         let prefix = hosts.exec_prefix(i);
         let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
         haproxies.push(Haproxy::start_with(
@@ -118,19 +127,23 @@ fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
         ));
         hosts.start_bender(i, &["--config".to_string(), config.display().to_string()]);
     }
-    let http = Http::new();
+    let tokens = tokens.expect("three hosts");
+    let http = Http::with_token(&tokens.admin);
     let apis: Vec<String> = (0..3).map(|i| hosts.url(i, "")).collect();
     for api in &apis {
         wait_until(WAIT, "every bender answers", || {
-            ureq::get(&format!("{api}/v1/members")).call().is_ok()
+            ureq::get(&format!("{api}/health")).call().is_ok()
         });
+        // From another host, nothing works without a token.
+        let r = Http::new().get(&format!("{api}/v1/members"));
+        assert_eq!(r.status, 401, "{}", r.text);
     }
 
     // Two app servers of web@v1 register (and keep renewing through every host in turn).
     let bridge = hosts.bridge_ip();
     let a1 = TestServer::start_on(&bridge, "a1");
     let a2 = TestServer::start_on(&bridge, "a2");
-    let renewer = Renewer::start(apis.clone());
+    let renewer = Renewer::start(apis.clone(), tokens.register.clone());
     renewer.add(&a1, "v1");
     renewer.add(&a2, "v1");
     // The backend and the frontend are created through two different hosts.

@@ -164,7 +164,14 @@ impl Rig {
         let (trigger, shutdown) = shutdown::channel();
         let handle = {
             let _in_runtime = rt.enter();
-            render::spawn(apply, vec![template.clone()], "lb-1".into(), rx, shutdown)
+            render::spawn(
+                apply,
+                vec![template.clone()],
+                "lb-1".into(),
+                bender::model::Snippets::AllowListed,
+                rx,
+                shutdown,
+            )
         };
         Rig {
             trigger,
@@ -385,14 +392,15 @@ fn a_config_failing_the_check_is_never_loaded() {
     let before = rig.on_disk();
     let reloads = master_reloads(&rig.haproxy.master_socket).unwrap();
 
-    // A directive HAProxy does not know passes bender's validation (it is one safe line), but
-    // not `haproxy -c`.
+    // A rule naming an ACL that was never defined passes bender's allow-list (every word of
+    // it is allowed), but not `haproxy -c`.
     let mut bad = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
-    bad.view.backends.get_mut("web").unwrap().extra = vec!["no-such-directive 1".into()];
+    bad.view.backends.get_mut("web").unwrap().extra =
+        vec!["http-request deny if no_such_acl".into()];
     rig.send(bad);
     let err = wait_for("the check failure in status", WAIT, || rig.status().error);
     assert!(
-        err.contains("[ALERT]") && err.contains("no-such-directive"),
+        err.contains("[ALERT]") && err.contains("no_such_acl"),
         "{err}"
     );
     assert!(

@@ -8,6 +8,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::auth::Tokens;
+use common::haproxy::TempDir;
 use common::netns::Hosts;
 use common::{wait_until, Http};
 use serde_json::Value;
@@ -29,10 +31,14 @@ fn backend_version(http: &Http, url: &str) -> Option<String> {
 #[test]
 fn a_partitioned_host_diverges_then_converges_when_healed() {
     let mut hosts = Hosts::new(3);
+    let dir = TempDir::new("netns");
+    let tokens = Tokens::write(&dir.0.join("tokens"));
+    let config = dir.0.join("bender.toml");
+    std::fs::write(&config, tokens.config()).unwrap();
     for i in 0..3 {
-        hosts.start_bender(i, &[]);
+        hosts.start_bender(i, &["--config".into(), config.display().to_string()]);
     }
-    let http = Http::new();
+    let http = Http::with_token(&tokens.admin);
     for i in 0..3 {
         let url = hosts.url(i, "/v1/members");
         wait_until(WAIT, "three live members", || {

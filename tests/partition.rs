@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bender::config::{Config, FileConfig, Overrides};
 use bender::hlc::ManualClock;
-use bender::model::{Backend, RegKey};
+use bender::model::{Backend, RegKey, Snippets};
 use bender::node::{Node, WriteMode};
 use chitchat::transport::ChannelTransport;
 
@@ -30,6 +30,7 @@ fn config(i: u8) -> Config {
         file,
         Overrides {
             node_id: Some(format!("n{i}")),
+            cluster_id: Some("partition-test".into()),
             gossip_listen: Some(addr(i)),
             seeds,
             gossip_interval: Some(Duration::from_millis(50)),
@@ -82,7 +83,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     let nodes = start_three(&transport, &clock).await;
 
     nodes[0]
-        .put(backend("v0"), WriteMode::Create)
+        .put(backend("v0"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     wait_for("the backend reaches every node", || {
@@ -96,7 +97,10 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
 
     // Conflicting writes on both sides; n2's is later on the (shared) clock.
     clock.advance(10);
-    nodes[0].put(backend("a"), WriteMode::Update).await.unwrap();
+    nodes[0]
+        .put(backend("a"), WriteMode::Update, Snippets::AllowListed)
+        .await
+        .unwrap();
     let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
     nodes[0]
         .register(
@@ -107,7 +111,10 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
         .await
         .unwrap();
     clock.advance(10);
-    nodes[1].put(backend("b"), WriteMode::Update).await.unwrap();
+    nodes[1]
+        .put(backend("b"), WriteMode::Update, Snippets::AllowListed)
+        .await
+        .unwrap();
 
     wait_for("n3 sees n2's write", || {
         version_on(&nodes[2]).as_deref() == Some("b")
@@ -153,7 +160,7 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
     let clock = ManualClock::new(5_000_000);
     let nodes = start_three(&transport, &clock).await;
     nodes[1]
-        .put(backend("v1"), WriteMode::Create)
+        .put(backend("v1"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     wait_for("the backend reaches every node", || {
@@ -215,7 +222,9 @@ async fn expired_leases_and_old_tombstones_are_collected() {
         .await
         .unwrap();
     let base = node.own_key_count().await; // node metadata: API address, clock
-    node.put(backend("v1"), WriteMode::Create).await.unwrap();
+    node.put(backend("v1"), WriteMode::Create, Snippets::AllowListed)
+        .await
+        .unwrap();
     let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
     node.register(key, Some(Duration::from_secs(1)), Default::default())
         .await

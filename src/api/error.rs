@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// For 405: the methods the route does allow.
     pub allow: Option<&'static str>,
+    /// For 429 and 503: when to try again, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +33,32 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
+        }
+    }
+    /// 401: no valid credential (answered with `WWW-Authenticate: Bearer`).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+    /// 403: a valid credential that does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!(
+                "the request body did not arrive within {} (api.body_read_timeout)",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+    /// 429 with `Retry-After`.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -102,6 +130,16 @@ impl Reply for ApiError {
             resp.headers_mut()
                 .insert("allow", warp::http::HeaderValue::from_static(allow));
         }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", warp::http::HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                warp::http::HeaderValue::from_static("Bearer realm=\"bender\""),
+            );
+        }
         resp
     }
 }
@@ -112,6 +150,9 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         ApiError::not_found("Not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::method_not_allowed("GET")
+    } else if rejection.find::<warp::ext::MissingExtension>().is_some() {
+        // Only requests that did not come through our own server lack the connection info.
+        ApiError::internal("Internal error: request without connection info")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,54 +2,129 @@
 //! API. Only this module knows HTTP, JSON bodies and warp; it talks to the node through
 //! [`Node`]'s methods.
 //!
-//! Routing is one table (`route`) matched on method and path segments, so that every unknown
-//! path is a 404, every known path with the wrong method a 405 with `Allow`, and every error the
-//! same `{message, code}` shape from `error.rs`.
+//! A request goes: connection (`server`: caps, TLS, timeouts) → route (`routes`: method and
+//! path to an op and the scope it needs) → authorization ([`crate::auth`], before any body is
+//! read) → body (bounded in size and time) → handler (`handlers`) → reply (`wire`). Every error
+//! is the same `{message, code}` shape from `error.rs`; every refusal is counted, and refused
+//! writes are logged with the client's address.
 
 mod error;
+mod handlers;
+mod routes;
+mod server;
+mod settings;
+mod tls;
+mod wire;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
-use warp::http::{HeaderValue, Method, StatusCode};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 pub use error::ApiError;
+pub use routes::{route, Kind, Op, PathKey};
+pub use server::{ConnInfo, Connections, Limits};
+pub use settings::{ApiConfig, TlsConfig};
+pub use tls::{provider as tls_provider, server_config as tls_server_config};
 
-use crate::metrics::{ApiLabels, Metrics};
-use crate::model::{self, Backend, Frontend, RegKey};
-use crate::node::{Entity, Node, WriteMode};
-use crate::registry::LiveRegistration;
+use crate::auth::{Denied, Guard, Presented};
+use crate::config::Config;
+use crate::metrics::{ApiLabels, Metrics, RefusedLabels};
+use crate::node::Node;
 use crate::shutdown::Shutdown;
 
 /// Extra status the node's other stages contribute to `/v1/status` (e.g. the last applies).
-pub type StatusHook = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+pub type StatusHook = Arc<dyn Fn() -> Value + Send + Sync>;
 /// A readiness condition another stage contributes to `/ready`: `Err(why)` when not ready.
-pub type ReadyHook = std::sync::Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+pub type ReadyHook = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
 /// What the rest of the node plugs into the API.
 #[derive(Clone)]
 pub struct Hooks {
-    pub metrics: std::sync::Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
     pub status: Option<StatusHook>,
     pub ready: Option<ReadyHook>,
 }
 
 impl Hooks {
-    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Hooks {
             metrics,
             status: None,
             ready: None,
         }
+    }
+}
+
+/// The credentials, the TLS config and the snippet switch: loaded at start, replaced whole by
+/// [`Security::reload`] on SIGHUP (a bad file keeps the old ones).
+pub struct Security {
+    guard: RwLock<Arc<Guard>>,
+    tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
+    config_snippets: AtomicBool,
+}
+
+impl Security {
+    /// Reads the token files and the TLS files the config names.
+    pub fn load(config: &Config) -> Result<Security, String> {
+        let (guard, tls) = Self::read(config)?;
+        Ok(Security {
+            guard: RwLock::new(Arc::new(guard)),
+            tls: Arc::new(RwLock::new(tls)),
+            config_snippets: AtomicBool::new(config.api.config_snippets),
+        })
+    }
+
+    fn read(config: &Config) -> Result<(Guard, Option<Arc<rustls::ServerConfig>>), String> {
+        let client_ca = config
+            .api
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        let guard = Guard::load(
+            &config.auth,
+            &config.registration,
+            &config.compat,
+            client_ca,
+        )?;
+        let tls = config
+            .api
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        Ok((guard, tls))
+    }
+
+    /// Re-reads everything; on an error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let (guard, tls) = Self::read(config)?;
+        *self.guard.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(guard);
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.config_snippets
+            .store(config.api.config_snippets, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn guard(&self) -> Arc<Guard> {
+        self.guard.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    pub fn config_snippets(&self) -> bool {
+        self.config_snippets.load(Ordering::Relaxed)
     }
 }
 
@@ -71,52 +146,91 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(node: Node, listener: TcpListener, hooks: Hooks, shutdown: Shutdown) {
+/// At most this many refusals are logged per second; the rest are summed up in the next line.
+const REFUSAL_LOG_PER_SECOND: u32 = 20;
+
+/// Logs refusals, but never more than [`REFUSAL_LOG_PER_SECOND`] lines a second: a flood of
+/// bad requests must not flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+pub(crate) struct Api {
+    node: Node,
+    hooks: Hooks,
+    metrics: Arc<Metrics>,
+    security: Arc<Security>,
+    connections: Arc<Connections>,
+    body_read_timeout: Duration,
+    refusal_log: Mutex<RefusalLog>,
+    shutdown: Shutdown,
+}
+
+/// Serves the API on `listener` until `shutdown`, then drains open connections.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    hooks: Hooks,
+    security: Arc<Security>,
+    shutdown: Shutdown,
+) {
+    let api_config = node.config().api.clone();
+    let limits = Limits {
+        header_read_timeout: api_config.header_read_timeout,
+        idle_timeout: api_config.idle_timeout,
+        max_connections: api_config.max_connections,
+        max_per_client: api_config.max_connections_per_client,
+    };
+    let connections = Connections::new(limits);
+    register_connection_metrics(&hooks.metrics, connections.clone());
     let max_body = node.config().max_body_bytes;
-    let state = std::sync::Arc::new(Api {
+    let tls = security.tls.clone();
+    let state = Arc::new(Api {
         node,
         metrics: hooks.metrics.clone(),
         hooks,
+        security,
+        connections: connections.clone(),
+        body_read_timeout: api_config.body_read_timeout,
+        refusal_log: Mutex::new(RefusalLog::default()),
         shutdown: shutdown.clone(),
     });
     let routes = warp::any()
         .map(move || state.clone())
+        .and(warp::ext::get::<ConnInfo>())
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and_then(
-            move |api: std::sync::Arc<Api>,
+            move |api: Arc<Api>,
+                  conn: ConnInfo,
                   method: Method,
                   path: warp::path::FullPath,
                   query: String,
-                  ctype,
-                  clen,
+                  headers: HeaderMap,
                   body| async move {
-                let method_name = method.clone();
-                let resp = match read_body(clen, body, max_body).await {
-                    Ok(body) => {
-                        let req = Request {
-                            method,
-                            path: path.as_str(),
-                            query: &query,
-                            content_type: ctype,
-                            body,
-                        };
-                        api.handle(req).await
-                    }
-                    Err(e) => ("body", Err(e)),
-                };
-                let (route, resp) = resp;
+                let (route, resp) = api
+                    .handle(
+                        &conn,
+                        &method,
+                        path.as_str(),
+                        &query,
+                        &headers,
+                        body,
+                        max_body,
+                    )
+                    .await;
                 let resp = resp.unwrap_or_else(Reply::into_response);
                 api.metrics
                     .api_requests
                     .get_or_create(&ApiLabels {
                         route,
-                        method: method_label(&method_name),
+                        method: method_label(&method),
                         status: resp.status().as_u16(),
                     })
                     .inc();
@@ -124,565 +238,171 @@ pub async fn serve(node: Node, listener: TcpListener, hooks: Hooks, shutdown: Sh
             },
         )
         .recover(error::recover);
-    let mut stop = shutdown;
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { stop.wait().await })
-        .run()
-        .await;
+    server::serve(listener, warp::service(routes), tls, connections, shutdown).await;
 }
 
-/// Reads a request body up to `limit` bytes, whether or not it declared its length.
-async fn read_body(
-    declared: Option<u64>,
-    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
-    limit: u64,
-) -> Result<Bytes, ApiError> {
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
+/// `bender_api_connections` (open now) and `bender_api_connections_refused_total{cap}`.
+fn register_connection_metrics(metrics: &Metrics, conns: Arc<Connections>) {
+    use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct CapLabels {
+        cap: &'static str,
     }
-    let mut body = body;
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read body: {e}")))?;
-        if (out.len() + chunk.remaining()) as u64 > limit {
-            return Err(ApiError::too_large(limit));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            out.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(Bytes::from(out))
-}
-
-struct Api {
-    node: Node,
-    hooks: Hooks,
-    metrics: std::sync::Arc<Metrics>,
-    shutdown: Shutdown,
-}
-
-struct Request<'a> {
-    method: Method,
-    path: &'a str,
-    query: &'a str,
-    content_type: Option<String>,
-    body: Bytes,
-}
-
-type Result<T, E = ApiError> = std::result::Result<T, E>;
-
-impl Request<'_> {
-    /// Parses a JSON body into `T` (unknown fields are rejected by `T`'s serde attributes).
-    fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
-        self.check_json()?;
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::invalid(json_error(&e)))
-    }
-
-    fn json_value(&self) -> Result<serde_json::Map<String, Value>> {
-        self.check_json()?;
-        match serde_json::from_slice(&self.body) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(ApiError::invalid("Request body must be a JSON object")),
-            Err(e) => Err(ApiError::invalid(json_error(&e))),
-        }
-    }
-
-    fn check_json(&self) -> Result<()> {
-        if let Some(ct) = &self.content_type {
-            let mime = ct.split(';').next().unwrap_or("").trim();
-            if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(ApiError::unsupported_media_type());
+    metrics.register_collector(Box::new(crate::metrics::FnCollector(
+        move |enc: &mut prometheus_client::encoding::DescriptorEncoder| {
+            let open = ConstGauge::new(conns.open() as i64);
+            open.encode(enc.encode_descriptor(
+                "api_connections",
+                "API connections open now",
+                None,
+                open.metric_type(),
+            )?)?;
+            let (total, per_client) = conns.refused();
+            let mut m = enc.encode_descriptor(
+                "api_connections_refused",
+                "API connections refused because a cap was full (api.max_connections, api.max_connections_per_client)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (cap, n) in [("total", total), ("per_client", per_client)] {
+                ConstCounter::new(n).encode(m.encode_family(&CapLabels { cap })?)?;
             }
-        }
-        if self.body.is_empty() {
-            return Err(ApiError::invalid("Request body must be a JSON object"));
-        }
-        Ok(())
-    }
-
-    fn query_param(&self, name: &str) -> Option<String> {
-        self.query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| percent_decode(v, true))
-        })
-    }
-}
-
-fn json_error(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    // serde's "missing field `name`" is what the old server's INVALID meant; keep it readable.
-    format!("Invalid request body: {msg}")
-}
-
-/// Decodes `%XX` escapes (and `+` as a space in query strings).
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// The 0.2.1 registration shape.
-#[derive(Serialize)]
-struct CompatRegistration<'a> {
-    id: String,
-    app: &'a str,
-    version: &'a str,
-    host: &'a str,
-    port: u16,
-    registered: String,
-    resource: &'static str,
-}
-
-impl<'a> From<&'a LiveRegistration> for CompatRegistration<'a> {
-    fn from(r: &'a LiveRegistration) -> Self {
-        CompatRegistration {
-            id: r.key.id(),
-            app: &r.key.app,
-            version: &r.key.version,
-            host: &r.key.host,
-            port: r.key.port,
-            registered: rfc3339(r.registered_ms),
-            resource: "Registration",
-        }
-    }
-}
-
-/// The v1 registration shape: the 0.2.1 fields plus TTL, expiry and meta.
-#[derive(Serialize)]
-struct V1Registration<'a> {
-    #[serde(flatten)]
-    compat: CompatRegistration<'a>,
-    ttl_ms: u64,
-    expires: String,
-    meta: &'a BTreeMap<String, String>,
-}
-
-impl<'a> From<&'a LiveRegistration> for V1Registration<'a> {
-    fn from(r: &'a LiveRegistration) -> Self {
-        V1Registration {
-            compat: r.into(),
-            ttl_ms: r.ttl_ms,
-            expires: rfc3339(r.deadline_ms),
-            meta: &r.meta,
-        }
-    }
-}
-
-fn json_ok<T: Serialize>(v: &T) -> Result<Response> {
-    Ok(warp::reply::json(v).into_response())
-}
-
-fn with_resource<E: Serialize>(e: &E, resource: &str) -> Value {
-    let mut v = serde_json::to_value(e).expect("entities serialize");
-    if let Some(m) = v.as_object_mut() {
-        m.insert("resource".into(), json!(resource));
-    }
-    v
-}
-
-fn json_reply(status: StatusCode, v: &Value) -> Response {
-    warp::reply::with_status(warp::reply::json(v), status).into_response()
-}
-
-fn ok(v: Value) -> Result<Response> {
-    Ok(json_reply(StatusCode::OK, &v))
-}
-
-fn no_content() -> Result<Response> {
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Body of `POST /v1/registrations`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterBody {
-    app: String,
-    version: String,
-    host: String,
-    port: u16,
-    /// A duration string ("500ms", "4s") or a number of milliseconds.
-    #[serde(default)]
-    ttl: Option<Value>,
-    #[serde(default)]
-    meta: BTreeMap<String, String>,
-}
-
-fn parse_ttl(v: &Option<Value>) -> Result<Option<Duration>> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => humantime::parse_duration(s).map(Some).map_err(|_| {
-            ApiError::invalid(format!(
-                "invalid ttl: {s:?} is not a duration like \"500ms\" or \"4s\""
-            ))
-        }),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(|ms| Some(Duration::from_millis(ms)))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid ttl: a number of milliseconds must be a positive integer",
-                )
-            }),
-        Some(_) => Err(ApiError::invalid(
-            "invalid ttl: must be a duration string or milliseconds",
-        )),
-    }
+            Ok(())
+        },
+    )));
 }
 
 impl Api {
-    /// Routes a request; returns the route's label (for metrics) and the response.
-    async fn handle(&self, req: Request<'_>) -> (&'static str, Result<Response>) {
-        let decoded: Vec<String> = req
-            .path
+    /// Routes, authorizes, reads the body and runs a request; returns the route's label (for
+    /// metrics) and the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &self,
+        conn: &ConnInfo,
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>> + Unpin,
+        max_body: u64,
+    ) -> (&'static str, Result<Response, ApiError>) {
+        let decoded: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s, false))
+            .map(|s| wire::percent_decode(s, false))
             .collect();
         let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
-        let mut label = "unknown";
-        let result = self.dispatch(&req, &segs, &mut label).await;
-        (label, result)
-    }
-
-    /// The routing table: one arm per route, each naming its label.
-    async fn dispatch(
-        &self,
-        req: &Request<'_>,
-        segs: &[&str],
-        label: &mut &'static str,
-    ) -> Result<Response> {
-        let m = &req.method;
-        match segs {
-            // ---- bender 0.2.1 ----
-            ["registrations", app, version, host, port] => {
-                *label = "/registrations/:app/:version/:host/:port";
-                match *m {
-                    Method::POST => self.compat_register(app, version, host, port).await,
-                    _ => Err(ApiError::method_not_allowed("POST")),
+        let (label, op) = routes::route(method, &segs);
+        let op = match op {
+            Ok(op) => op,
+            Err(e) => return (label, Err(e)),
+        };
+        let guard = self.security.guard();
+        let presented = Presented {
+            addr: conn.peer.ip(),
+            authorization: headers.get("authorization").map(|v| v.as_bytes()),
+            cert: conn.cert.as_ref(),
+        };
+        let caller =
+            match guard.authorize(&presented, op.need(), matches!(op, Op::CompatRegister(_))) {
+                Ok(c) => c,
+                Err(denied) => {
+                    let (reason, err) = match denied {
+                        Denied::Unauthenticated(m) => {
+                            ("unauthenticated", ApiError::unauthorized(m))
+                        }
+                        Denied::Forbidden(m) => ("forbidden", ApiError::forbidden(m)),
+                    };
+                    let what = format!("{} {}", method_label(method), label);
+                    if op.is_write() {
+                        self.refused_from(reason, conn.peer, what, &err.message);
+                    } else {
+                        self.metrics
+                            .api_refused
+                            .get_or_create(&RefusedLabels { reason })
+                            .inc();
+                        debug!(client = %conn.peer, request = %what, reason, "API read refused");
+                    }
+                    return (label, Err(err));
                 }
-            }
-            ["registrations"] | ["registrations", _] | ["registrations", _, _] => {
-                *label = "/registrations[/:app[/:version]]";
-                match *m {
-                    Method::GET => {
-                        let regs = self.node.registrations(
-                            segs.get(1).copied(),
-                            segs.get(2).copied(),
-                            None,
-                        );
-                        json_ok(
-                            &regs
-                                .iter()
-                                .map(CompatRegistration::from)
-                                .collect::<Vec<_>>(),
+            };
+        let body = if op.takes_body() {
+            let declared = match headers.get("content-length") {
+                None => None,
+                Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                    Some(n) => Some(n),
+                    None => {
+                        return (
+                            label,
+                            Err(ApiError::invalid(
+                                "Content-Length must be a number of bytes",
+                            )),
                         )
                     }
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["backends"] | ["v1", "backends"] => {
-                *label = "/backends";
-                self.collection::<Backend>(req).await
-            }
-            ["backends", name] | ["v1", "backends", name] => {
-                *label = "/backends/:name";
-                self.item::<Backend>(req, name).await
-            }
-            ["frontends"] | ["v1", "frontends"] => {
-                *label = "/frontends";
-                self.collection::<Frontend>(req).await
-            }
-            ["frontends", name] | ["v1", "frontends", name] => {
-                *label = "/frontends/:name";
-                self.item::<Frontend>(req, name).await
-            }
-            // ---- v1 ----
-            ["v1", "registrations"] => {
-                *label = "/v1/registrations";
-                match *m {
-                    Method::GET => {
-                        let app = req.query_param("app");
-                        let version = req.query_param("version");
-                        let host = req.query_param("host");
-                        let regs = self.node.registrations(
-                            app.as_deref(),
-                            version.as_deref(),
-                            host.as_deref(),
-                        );
-                        json_ok(&regs.iter().map(V1Registration::from).collect::<Vec<_>>())
-                    }
-                    Method::POST => {
-                        let body: RegisterBody = req.json()?;
-                        let key = RegKey::new(&body.app, &body.version, &body.host, body.port)?;
-                        let ttl = parse_ttl(&body.ttl)?;
-                        let live = self.node.register(key, ttl, body.meta).await?;
-                        json_ok(&V1Registration::from(&live))
-                    }
-                    _ => Err(ApiError::method_not_allowed("GET, POST")),
-                }
-            }
-            ["v1", "registrations", app, version, host, port] => {
-                *label = "/v1/registrations/:app/:version/:host/:port";
-                let key = RegKey::new(app, version, host, model::parse_port("port", port)?)?;
-                match *m {
-                    Method::GET => {
-                        let found = self
-                            .node
-                            .registrations(Some(app), Some(version), Some(host))
-                            .into_iter()
-                            .find(|r| r.key == key);
-                        match found {
-                            Some(r) => json_ok(&V1Registration::from(&r)),
-                            None => Err(ApiError::not_found("Registration not found")),
-                        }
-                    }
-                    Method::DELETE => {
-                        self.node.deregister(key).await;
-                        no_content()
-                    }
-                    _ => Err(ApiError::method_not_allowed("GET, DELETE")),
-                }
-            }
-            ["v1", "members"] => {
-                *label = "/v1/members";
-                match *m {
-                    Method::GET => ok(json!(self.node.members())),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["v1", "state"] => {
-                *label = "/v1/state";
-                match *m {
-                    Method::GET => json_ok(&crate::cluster::StateDump::new(
-                        self.node.node_id(),
-                        &self.node.current_view(),
-                        self.node.members(),
-                    )),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["v1", "status"] => {
-                *label = "/v1/status";
-                match *m {
-                    Method::GET => ok(self.status()),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["v1", "events"] => {
-                *label = "/v1/events";
-                match *m {
-                    Method::GET => Ok(self.events()),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["health"] => {
-                *label = "/health";
-                match *m {
-                    Method::GET => ok(json!({"status": "ok"})),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["metrics"] => {
-                *label = "/metrics";
-                match *m {
-                    Method::GET => Ok(self.metrics_text()),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            ["ready"] => {
-                *label = "/ready";
-                match *m {
-                    Method::GET => self.ready(),
-                    _ => Err(ApiError::method_not_allowed("GET")),
-                }
-            }
-            _ => Err(ApiError::not_found("Not found")),
-        }
-    }
-
-    async fn compat_register(
-        &self,
-        app: &str,
-        version: &str,
-        host: &str,
-        port: &str,
-    ) -> Result<Response> {
-        let port = model::parse_port("port", port)?;
-        let key = RegKey::new(app, version, host, port)?;
-        let live = self.node.register(key, None, BTreeMap::new()).await?;
-        json_ok(&CompatRegistration::from(&live))
-    }
-
-    /// `GET` list / `POST` create on `/backends` or `/frontends`.
-    async fn collection<E: Entity + for<'de> Deserialize<'de>>(
-        &self,
-        req: &Request<'_>,
-    ) -> Result<Response> {
-        match req.method {
-            Method::GET => ok(Value::Array(
-                self.node
-                    .list::<E>()
-                    .iter()
-                    .map(|e| with_resource(e, E::KIND))
-                    .collect(),
-            )),
-            Method::POST => {
-                let entity: E = req.json()?;
-                let name = entity.name().to_string();
-                self.node.put(entity.clone(), WriteMode::Create).await?;
-                let mut resp = json_reply(StatusCode::CREATED, &with_resource(&entity, E::KIND));
-                let location = format!("/{}s/{}", E::KIND.to_ascii_lowercase(), name);
-                resp.headers_mut().insert(
-                    "location",
-                    HeaderValue::from_str(&location).expect("validated names are header-safe"),
-                );
-                Ok(resp)
-            }
-            _ => Err(ApiError::method_not_allowed("GET, POST")),
-        }
-    }
-
-    /// `GET` / `PUT` / `DELETE` on one backend or frontend.
-    async fn item<E: Entity + for<'de> Deserialize<'de>>(
-        &self,
-        req: &Request<'_>,
-        name: &str,
-    ) -> Result<Response> {
-        let not_found = || ApiError::not_found(format!("{} not found", E::KIND));
-        match req.method {
-            Method::GET => match self.node.get::<E>(name) {
-                Some(e) => ok(with_resource(&e, E::KIND)),
-                None => Err(not_found()),
-            },
-            Method::PUT => {
-                // The fields given replace the current ones and the rest is kept, as the 0.2.1
-                // client's `updateBackend(backend, update)` expects; what is stored (and
-                // replicated) is always the whole resulting value.
-                let body = req.json_value()?;
-                if let Some(n) = body.get("name") {
-                    if n.as_str() != Some(name) {
-                        return Err(ApiError::invalid(format!(
-                            "invalid name: the body's name must match the path ({name:?})"
-                        )));
-                    }
-                }
-                let current = self.node.get::<E>(name).ok_or_else(not_found)?;
-                let mut merged = match serde_json::to_value(&current) {
-                    Ok(Value::Object(m)) => m,
-                    _ => return Err(ApiError::internal("cannot represent the current value")),
-                };
-                merged.extend(body);
-                let entity: E = serde_json::from_value(Value::Object(merged))
-                    .map_err(|e| ApiError::invalid(json_error(&e)))?;
-                self.node.put(entity.clone(), WriteMode::Update).await?;
-                ok(with_resource(&entity, E::KIND))
-            }
-            Method::DELETE => {
-                self.node.delete::<E>(name).await?;
-                no_content()
-            }
-            _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
-        }
-    }
-
-    fn metrics_text(&self) -> Response {
-        let mut resp = self.metrics.encode().into_response();
-        resp.headers_mut().insert(
-            "content-type",
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        resp
-    }
-
-    /// 200 once the node has caught up with its peers and every other stage is ready (the last
-    /// apply succeeded); 503 `NOT_READY` with the reason otherwise.
-    fn ready(&self) -> Result<Response> {
-        if !self.node.is_ready() {
-            return Err(ApiError::not_ready("waiting to catch up with peers"));
-        }
-        if let Some(hook) = &self.hooks.ready {
-            hook().map_err(ApiError::not_ready)?;
-        }
-        ok(json!({"status": "ready"}))
-    }
-
-    fn status(&self) -> Value {
-        let (live, backends, frontends, leases) = self.node.counts();
-        let members = self.node.members();
-        let mut v = json!({
-            "node_id": self.node.node_id(),
-            "cluster_id": self.node.config().cluster_id,
-            "ready": self.node.is_ready(),
-            "members_live": members.iter().filter(|m| m.live).count(),
-            "members": members,
-            "registrations_live": live,
-            "leases_held": leases,
-            "backends": backends,
-            "frontends": frontends,
-        });
-        if let Some(hook) = &self.hooks.status {
-            if let (Some(m), Value::Object(extra)) = (v.as_object_mut(), hook()) {
-                m.extend(extra);
-            }
-        }
-        v
-    }
-
-    /// Server-Sent Events: one event per change this node observes, until the client leaves or
-    /// the node stops. A client that falls too far behind is told to re-list (`resync`).
-    fn events(&self) -> Response {
-        let rx = self.node.subscribe_events();
-        let mut stop = self.shutdown.clone();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            let item = match rx.recv().await {
-                Ok(event) => warp::sse::Event::default()
-                    .event(event.kind())
-                    .json_data(&event)
-                    .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warp::sse::Event::default()
-                        .event("resync")
-                        .data(format!("{{\"missed\":{n}}}"))
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
             };
-            Some((Ok::<_, Infallible>(item), rx))
-        })
-        .take_until(Box::pin(async move { stop.wait().await }));
-        warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+            match tokio::time::timeout(
+                self.body_read_timeout,
+                wire::read_body(declared, body, max_body),
+            )
+            .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return (label, Err(e)),
+                Err(_) => {
+                    return (
+                        label,
+                        Err(ApiError::request_timeout(self.body_read_timeout)),
+                    )
+                }
+            }
+        } else {
+            bytes::Bytes::new()
+        };
+        let req = wire::Request {
+            query,
+            content_type: headers.get("content-type").map(|v| v.as_bytes()),
+            body,
+        };
+        (label, self.execute(op, &req, &caller).await)
+    }
+
+    fn refused(&self, reason: &'static str, caller: &crate::auth::Caller, what: String, why: &str) {
+        self.refused_from(reason, SocketAddr::new(caller.addr, 0), what, why);
+    }
+
+    /// Counts a refused write and logs it with the client's address (rate-limited).
+    fn refused_from(&self, reason: &'static str, client: SocketAddr, what: String, why: &str) {
+        self.metrics
+            .api_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
+        let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if log
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            if log.suppressed > 0 {
+                warn!(
+                    suppressed = log.suppressed,
+                    "API: more refused writes in the last second were not logged one by one"
+                );
+            }
+            *log = RefusalLog {
+                window: Some(now),
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if log.logged < REFUSAL_LOG_PER_SECOND {
+            log.logged += 1;
+            drop(log);
+            warn!(client = %client.ip(), request = %what, reason, error = %why, "API write refused");
+        } else {
+            log.suppressed += 1;
+        }
     }
 }

@@ -123,6 +123,44 @@ pub struct Connect {
         global = true
     )]
     pub addrs: Vec<String>,
+    /// File holding the API token (its first line). BENDER_TOKEN may hold the token itself;
+    /// tokens are never taken from the command line, where `ps` would show them
+    /// [default: /etc/bender/tokens/admin, when readable].
+    #[arg(long, env = "BENDER_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate to verify an https:// node with (a private CA).
+    #[arg(long, env = "BENDER_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for nodes that map client certificates to scopes (mTLS).
+    #[arg(long = "cert", env = "BENDER_CERT", global = true)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long = "key", env = "BENDER_KEY", global = true)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Where the CLI looks for a token when neither --token-file nor BENDER_TOKEN gives one: the
+/// admin token the package generates (readable by root only).
+pub const DEFAULT_TOKEN_FILE: &str = "/etc/bender/tokens/admin";
+
+impl Connect {
+    /// The credentials these flags and the environment name.
+    pub fn credentials(&self) -> Result<crate::client::Credentials, String> {
+        let token = match (&self.token_file, std::env::var("BENDER_TOKEN")) {
+            (Some(path), _) => Some(crate::client::read_token_file(path)?),
+            (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => {
+                let default = std::path::Path::new(DEFAULT_TOKEN_FILE);
+                crate::client::read_token_file(default).ok()
+            }
+        };
+        Ok(crate::client::Credentials {
+            token,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        })
+    }
 }
 
 #[derive(Args)]

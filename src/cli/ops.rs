@@ -11,8 +11,9 @@ use super::{
 };
 use crate::client::{Client, ClientError};
 
-fn client(c: &Connect) -> Client {
-    Client::new(&c.addrs)
+fn client(c: &Connect) -> Result<Client, ClientError> {
+    let credentials = c.credentials().map_err(ClientError::Setup)?;
+    Client::with_credentials(&c.addrs, &credentials).map_err(ClientError::Setup)
 }
 
 /// Runs an operator subcommand; errors are one line on stderr and exit code 1.
@@ -23,8 +24,8 @@ pub fn run_operator_command(command: Command) -> ExitCode {
         Command::List(args) => list(args.what, &args.output, args.app, args.version),
         Command::Members(out) => members(&out),
         Command::Status(out) => status(&out),
-        Command::Backend(args) => backend(&client(&args.connect), args.action),
-        Command::Frontend(args) => frontend(&client(&args.connect), args.action),
+        Command::Backend(args) => client(&args.connect).and_then(|c| backend(&c, args.action)),
+        Command::Frontend(args) => client(&args.connect).and_then(|c| frontend(&c, args.action)),
         Command::Render(args) => return render(args),
         Command::Agent(_) | Command::Completions { .. } | Command::Man => {
             unreachable!("handled by main")
@@ -64,7 +65,7 @@ fn register_once(client: &Client, args: &RegisterArgs) -> Result<Value, ClientEr
 }
 
 fn register(args: RegisterArgs) -> Result<(), ClientError> {
-    let client = client(&args.instance.connect);
+    let client = client(&args.instance.connect)?;
     let first = register_once(&client, &args)?;
     let i = &args.instance;
     if !args.keep {
@@ -123,7 +124,7 @@ fn register(args: RegisterArgs) -> Result<(), ClientError> {
 }
 
 fn deregister(i: &InstanceArgs) -> Result<Value, ClientError> {
-    client(&i.connect).call("DELETE", &instance_path(i), None)
+    client(&i.connect)?.call("DELETE", &instance_path(i), None)
 }
 
 /// Prints rows as an aligned table.
@@ -173,7 +174,7 @@ fn list(
     app: Option<String>,
     version: Option<String>,
 ) -> Result<(), ClientError> {
-    let client = client(&out.connect);
+    let client = client(&out.connect)?;
     match what {
         ListWhat::Registrations => {
             let mut query = Vec::new();
@@ -247,7 +248,7 @@ fn list(
 }
 
 fn members(out: &OutputArgs) -> Result<(), ClientError> {
-    let v = client(&out.connect).call("GET", "/v1/members", None)?;
+    let v = client(&out.connect)?.call("GET", "/v1/members", None)?;
     print(out, &v, |v| {
         let rows = v
             .as_array()
@@ -276,7 +277,7 @@ fn members(out: &OutputArgs) -> Result<(), ClientError> {
 }
 
 fn status(out: &OutputArgs) -> Result<(), ClientError> {
-    let v = client(&out.connect).call("GET", "/v1/status", None)?;
+    let v = client(&out.connect)?.call("GET", "/v1/status", None)?;
     print(out, &v, |v| {
         for key in [
             "node_id",
@@ -469,6 +470,7 @@ fn render_inner(args: &RenderArgs) -> Result<bool, String> {
         }
         None => {
             let v = client(&args.connect)
+                .map_err(|e| e.to_string())?
                 .call("GET", "/v1/state", None)
                 .map_err(|e| e.to_string())?;
             serde_json::from_value(v).map_err(|e| format!("unexpected state from the node: {e}"))?
@@ -476,8 +478,17 @@ fn render_inner(args: &RenderArgs) -> Result<bool, String> {
     };
     let node_id = dump.node_id.clone();
     let nv = dump.into_node_view();
-    let rendered =
-        crate::render::render_once(&templates, &node_id, &nv).map_err(|e| e.to_string())?;
+    let snippets = if config.api.config_snippets {
+        crate::model::Snippets::Raw
+    } else {
+        crate::model::Snippets::AllowListed
+    };
+    let (rendered, excluded) =
+        crate::render::render_once_screened(&templates, &node_id, &nv, snippets)
+            .map_err(|e| e.to_string())?;
+    for e in &excluded {
+        eprintln!("bender: left out {} {:?}: {}", e.kind, e.name, e.reason);
+    }
     let mut all_ok = true;
     for ((name, text), t) in rendered.iter().zip(&templates) {
         let path = match &args.out {

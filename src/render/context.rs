@@ -4,13 +4,18 @@
 //! offsets are left out on purpose: they change on every renewal, and a context that changed
 //! with them would rewrite the config and reload HAProxy every few seconds for nothing.
 //! Every list is sorted and every map is a `BTreeMap`, so the same view renders the same bytes.
+//!
+//! Nothing reaches a template unchecked, whoever wrote it: a peer may run another version or be
+//! hostile. Every entity and registration is validated again here as this node's config says
+//! (free-form lines against the allow-list unless this node enables config snippets); what
+//! fails is left out of the context and reported ([`Excluded`]), and the rest renders.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::cluster::NodeView;
-use crate::model::{Backend, Balance, Frontend, HealthCheck, Mode};
+use crate::model::{self, Backend, Balance, Frontend, HealthCheck, Mode, Snippets};
 use crate::registry::LiveRegistration;
 
 /// Everything a template sees.
@@ -104,6 +109,15 @@ pub struct RegistrationCtx {
     pub meta: BTreeMap<String, String>,
 }
 
+/// Something this node would not render, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Excluded {
+    /// "backend", "frontend" or "registration".
+    pub kind: &'static str,
+    pub name: String,
+    pub reason: String,
+}
+
 /// Replaces every character HAProxy does not accept in an identifier.
 pub fn sanitize_name(raw: &str) -> String {
     raw.chars()
@@ -142,10 +156,10 @@ fn server(reg: &LiveRegistration) -> ServerCtx {
 /// per render: looking each backend's servers up in the whole view would be quadratic.
 type ByApp<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a LiveRegistration>>;
 
-fn group_by_app(nv: &NodeView) -> ByApp<'_> {
-    let mut groups: ByApp<'_> = BTreeMap::new();
+fn group_by_app<'a>(registrations: &[&'a LiveRegistration]) -> ByApp<'a> {
+    let mut groups: ByApp<'a> = BTreeMap::new();
     // The view is keyed by (app, version, host, port): each group comes out sorted.
-    for r in nv.view.registrations.values() {
+    for r in registrations.iter().copied() {
         groups
             .entry((r.key.app.as_str(), r.key.version.as_str()))
             .or_default()
@@ -171,8 +185,8 @@ fn backend(by_app: &ByApp<'_>, b: &Backend) -> BackendCtx {
     }
 }
 
-fn frontend(nv: &NodeView, f: &Frontend) -> FrontendCtx {
-    let compatible = |name: &str| nv.view.backends.get(name).is_some_and(|b| b.mode == f.mode);
+fn frontend(backends: &BTreeMap<&str, &Backend>, f: &Frontend) -> FrontendCtx {
+    let compatible = |name: &str| backends.get(name).is_some_and(|b| b.mode == f.mode);
     FrontendCtx {
         name: f.name.clone(),
         backend: f.backend.clone(),
@@ -193,10 +207,98 @@ fn frontend(nv: &NodeView, f: &Frontend) -> FrontendCtx {
     }
 }
 
-/// Builds the context for one template from the node's view.
+/// What of a view may be rendered on this node: the entities and registrations that pass its
+/// validation, and what was left out.
+struct Screened<'a> {
+    backends: BTreeMap<&'a str, &'a Backend>,
+    frontends: Vec<&'a Frontend>,
+    registrations: Vec<&'a LiveRegistration>,
+    excluded: Vec<Excluded>,
+}
+
+fn screen(nv: &NodeView, snippets: Snippets) -> Screened<'_> {
+    let mut excluded = Vec::new();
+    let mut exclude = |kind, name: &str, reason: String| {
+        excluded.push(Excluded {
+            kind,
+            name: name.chars().take(64).collect(),
+            reason,
+        })
+    };
+    let mut backends = BTreeMap::new();
+    for (name, b) in &nv.view.backends {
+        let checked = if &b.name != name {
+            Err(format!("its name {:?} differs from its key", b.name))
+        } else {
+            b.validate(snippets).map_err(|e| e.to_string())
+        };
+        match checked {
+            Ok(()) => {
+                backends.insert(name.as_str(), b);
+            }
+            Err(reason) => exclude("backend", name, reason),
+        }
+    }
+    let mut frontends = Vec::new();
+    for (name, f) in &nv.view.frontends {
+        let checked = if &f.name != name {
+            Err(format!("its name {:?} differs from its key", f.name))
+        } else {
+            f.validate(snippets).map_err(|e| e.to_string())
+        };
+        match checked {
+            Ok(()) => frontends.push(f),
+            Err(reason) => exclude("frontend", name, reason),
+        }
+    }
+    let mut registrations = Vec::new();
+    for (key, r) in &nv.view.registrations {
+        let checked = if &r.key != key {
+            Err("its key differs from the registration it holds".to_string())
+        } else {
+            model::RegKey::new(&key.app, &key.version, &key.host, key.port)
+                .and_then(|_| model::validate_meta(&r.meta))
+                .map_err(|e| e.to_string())
+        };
+        match checked {
+            Ok(()) => registrations.push(r),
+            Err(reason) => exclude("registration", &key.id(), reason),
+        }
+    }
+    Screened {
+        backends,
+        frontends,
+        registrations,
+        excluded,
+    }
+}
+
+/// An API address a member advertises, if it is a plain `host:port` (a peer may send anything).
+fn safe_api_addr(addr: &Option<String>) -> Option<String> {
+    let a = addr.as_deref()?;
+    let (host, port) = a.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (model::validate_host("api_addr", host).is_ok() && model::parse_port("api_addr", port).is_ok())
+        .then(|| a.to_string())
+}
+
+/// Builds the context for one template from the node's view, with free-form lines checked
+/// against the allow-list.
 pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> RenderContext {
-    let by_app = group_by_app(nv);
-    RenderContext {
+    build_screened(node_id, nv, vars, Snippets::AllowListed).0
+}
+
+/// Builds the context for one template from what of the node's view passes validation (free-form
+/// lines checked as `snippets` says), and says what was left out.
+pub fn build_screened(
+    node_id: &str,
+    nv: &NodeView,
+    vars: &BTreeMap<String, String>,
+    snippets: Snippets,
+) -> (RenderContext, Vec<Excluded>) {
+    let screened = screen(nv, snippets);
+    let by_app = group_by_app(&screened.registrations);
+    let ctx = RenderContext {
         node: NodeCtx {
             id: node_id.to_string(),
         },
@@ -206,28 +308,25 @@ pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> R
             .map(|m| MemberCtx {
                 node_id: m.node_id.clone(),
                 gossip_addr: m.gossip_addr.to_string(),
-                api_addr: m.api_addr.clone(),
+                api_addr: safe_api_addr(&m.api_addr),
                 live: m.live,
                 is_self: m.is_self,
             })
             .collect(),
         // The view's maps are BTreeMaps keyed by name / registration key: already sorted.
-        frontends: nv
-            .view
+        frontends: screened
             .frontends
-            .values()
-            .map(|f| frontend(nv, f))
+            .iter()
+            .map(|f| frontend(&screened.backends, f))
             .collect(),
-        backends: nv
-            .view
+        backends: screened
             .backends
             .values()
             .map(|b| backend(&by_app, b))
             .collect(),
-        registrations: nv
-            .view
+        registrations: screened
             .registrations
-            .values()
+            .iter()
             .map(|r| RegistrationCtx {
                 id: r.key.id(),
                 app: r.key.app.clone(),
@@ -238,5 +337,6 @@ pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> R
             })
             .collect(),
         vars: vars.clone(),
-    }
+    };
+    (ctx, screened.excluded)
 }

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::cluster::NodeView;
+use crate::model::Snippets;
 use crate::shutdown::Shutdown;
 
 pub use config::{
@@ -37,7 +38,8 @@ pub use config::{
     CHECK_PLACEHOLDER,
 };
 pub use context::{
-    BackendCtx, FrontendCtx, MemberCtx, NodeCtx, RegistrationCtx, RenderContext, RuleCtx, ServerCtx,
+    BackendCtx, Excluded, FrontendCtx, MemberCtx, NodeCtx, RegistrationCtx, RenderContext, RuleCtx,
+    ServerCtx,
 };
 pub use durations::Durations;
 pub use error::RenderError;
@@ -85,6 +87,7 @@ pub fn spawn(
     settings: ApplyConfig,
     templates: Vec<TemplateConfig>,
     node_id: String,
+    snippets: Snippets,
     views: watch::Receiver<Arc<NodeView>>,
     shutdown: Shutdown,
 ) -> RenderHandle {
@@ -95,7 +98,7 @@ pub fn spawn(
             .collect::<Vec<_>>(),
     ));
     let (done_tx, done) = watch::channel(());
-    let worker = worker::Worker::new(settings, templates, node_id, status.clone());
+    let worker = worker::Worker::new(settings, templates, node_id, snippets, status.clone());
     tokio::spawn(async move {
         worker.run(views, shutdown).await;
         drop(done_tx);
@@ -104,20 +107,39 @@ pub fn spawn(
 }
 
 /// Renders every template once from `nv` without writing anything: `(name, text)` in
-/// configuration order. For `bender render` and tests.
+/// configuration order, free-form lines checked against the allow-list. For `bender render`
+/// and tests.
 pub fn render_once(
     templates: &[TemplateConfig],
     node_id: &str,
     nv: &NodeView,
 ) -> Result<Vec<(String, String)>, RenderError> {
-    templates
+    render_once_screened(templates, node_id, nv, Snippets::AllowListed).map(|(out, _)| out)
+}
+
+/// Rendered templates: `(name, text)` in configuration order.
+pub type Rendered = Vec<(String, String)>;
+
+/// [`render_once`], with free-form lines checked as `snippets` says; also returns what was
+/// left out.
+pub fn render_once_screened(
+    templates: &[TemplateConfig],
+    node_id: &str,
+    nv: &NodeView,
+    snippets: Snippets,
+) -> Result<(Rendered, Vec<Excluded>), RenderError> {
+    let mut excluded = Vec::new();
+    let out = templates
         .iter()
         .map(|t| {
             let compiled = template::load(&t.source)?;
-            let text = compiled.render(&context::build(node_id, nv, &t.vars))?;
+            let (ctx, left_out) = context::build_screened(node_id, nv, &t.vars, snippets);
+            excluded = left_out;
+            let text = compiled.render(&ctx)?;
             Ok((t.name.clone(), text))
         })
-        .collect()
+        .collect::<Result<Vec<_>, RenderError>>()?;
+    Ok((out, excluded))
 }
 
 /// Builds the context a template would see for `nv` (for documentation and debugging).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cluster::Member;
-use crate::model::{Backend, Balance, Frontend, HealthCheck, Mode, RegKey, Rule};
+use crate::model::{Backend, Balance, Frontend, HealthCheck, Mode, RegKey, Rule, Snippets};
 use crate::registry::{LiveRegistration, View};
 
 const GOLDEN: &str = "tests/fixtures/default-template.golden.cfg";
@@ -320,7 +320,14 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
     t.check = Some(vec![]);
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(NodeView::default()));
     let (trigger, shutdown) = crate::shutdown::channel();
-    let handle = spawn(ApplyConfig::default(), vec![t], "lb-1".into(), rx, shutdown);
+    let handle = spawn(
+        ApplyConfig::default(),
+        vec![t],
+        "lb-1".into(),
+        Snippets::AllowListed,
+        rx,
+        shutdown,
+    );
 
     // Not ready yet: the worker must wait for the burst below.
     let mut not_ready = fixture(1);
@@ -446,7 +453,14 @@ async fn a_render_error_is_counted_apart_from_applies() {
         debounce_max: Duration::from_millis(50),
         ..ApplyConfig::default()
     };
-    let handle = spawn(settings, vec![t], "lb-1".into(), rx, shutdown);
+    let handle = spawn(
+        settings,
+        vec![t],
+        "lb-1".into(),
+        Snippets::AllowListed,
+        rx,
+        shutdown,
+    );
     let s = wait_status(&handle, "the first apply", |s| s.ok).await;
     assert_eq!((s.applies, s.render_errors), (1, 0), "{s:?}");
 
@@ -509,4 +523,125 @@ async fn the_documented_example_template_works() {
     drop(staged);
     std::fs::remove_dir_all(&dir).unwrap();
     result.unwrap();
+}
+
+/// Every alternative of every allow-listed form, and every server option, is something HAProxy
+/// accepts: each goes into a frontend or backend of its own, and the config passes
+/// `haproxy -c`.
+#[tokio::test]
+async fn every_allowed_form_and_server_option_passes_haproxy_check() {
+    use crate::model::snippets::{expansions, Section};
+    let (lines, options) = expansions();
+    let mut text = String::from(
+        "defaults\n    mode http\n    timeout client 1s\n    timeout server 1s\n    timeout connect 1s\n",
+    );
+    let dir = fresh_dir("expansions");
+    for (n, (section, line)) in lines.iter().enumerate() {
+        match section {
+            Section::Frontend => text.push_str(&format!(
+                "frontend f{n}\n    bind {}\n    acl a path /\n    {line}\n",
+                dir.join(format!("f{n}.sock")).display()
+            )),
+            Section::Backend => text.push_str(&format!(
+                "backend b{n}\n    acl a path /\n    {line}\n    server s 127.0.0.1:1\n"
+            )),
+        }
+    }
+    for (n, opts) in options.iter().enumerate() {
+        // TLS to a server needs `verify none` (a CA would be a file argument).
+        let with = match opts.as_str() {
+            "ssl" | "check-ssl" => format!("{opts} verify none"),
+            o if o.starts_with("verify") => format!("ssl {o}"),
+            o => o.to_string(),
+        };
+        text.push_str(&format!("backend o{n}\n    server s 127.0.0.1:1 {with}\n"));
+    }
+    let target = dir.join("haproxy.cfg");
+    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
+    let argv = default_template(BTreeMap::new()).check_command();
+    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(60)).await;
+    drop(staged);
+    std::fs::remove_dir_all(&dir).unwrap();
+    result.unwrap();
+}
+
+/// Every allow-listed form (model::snippets::EXAMPLES) is something HAProxy accepts: each example
+/// goes into a backend or frontend of the default template, and the whole config passes
+/// `haproxy -c`.
+#[tokio::test]
+async fn every_allow_listed_example_passes_haproxy_check() {
+    use crate::model::snippets::{Section, EXAMPLES, SERVER_OPTIONS_EXAMPLES};
+    let mut nv = fixture(1_000);
+    let mut fe = nv.view.frontends.values().next().unwrap().clone();
+    fe.extra = EXAMPLES
+        .iter()
+        .filter(|(s, _)| *s == Section::Frontend)
+        .map(|(_, l)| l.to_string())
+        .collect();
+    nv.view.frontends.insert(fe.name.clone(), fe);
+    for (i, opts) in SERVER_OPTIONS_EXAMPLES.iter().enumerate() {
+        let mut b = backend(&format!("opts{i}"), "web", "v1");
+        b.server_options = Some(opts.to_string());
+        if i == 0 {
+            b.extra = EXAMPLES
+                .iter()
+                .filter(|(s, _)| *s == Section::Backend)
+                .map(|(_, l)| l.to_string())
+                .collect();
+        }
+        b.validate(Snippets::AllowListed).unwrap();
+        nv.view.backends.insert(b.name.clone(), b);
+    }
+    let dir = fresh_dir("allow-list");
+    let target = dir.join("haproxy.cfg");
+    let (ctx, excluded) =
+        context::build_screened("n", &nv, &test_vars(&dir), Snippets::AllowListed);
+    assert_eq!(excluded, vec![], "every example passes the allow-list");
+    let compiled = template::load(&manifest("templates/haproxy.cfg.tera")).unwrap();
+    let text = compiled.render(&ctx).unwrap();
+    for (_, line) in EXAMPLES {
+        assert!(text.contains(line), "{line} is rendered");
+    }
+    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
+    let argv = default_template(BTreeMap::new()).check_command();
+    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(30)).await;
+    drop(staged);
+    std::fs::remove_dir_all(&dir).unwrap();
+    result.unwrap();
+}
+
+/// A backend a peer sent with lines this node does not allow is left out of the render and
+/// reported; everything else still renders.
+#[test]
+fn entities_failing_this_nodes_validation_are_left_out_and_reported() {
+    let mut nv = fixture(1_000);
+    let mut evil = backend("evil", "web", "v1");
+    evil.extra = vec!["http-response set-header X-Leak %[env(HOME)]".into()];
+    nv.view.backends.insert("evil".into(), evil.clone());
+    let mut liar = backend("liar", "web", "v1");
+    liar.name = "other".into();
+    nv.view.backends.insert("liar".into(), liar);
+    let (ctx, excluded) =
+        context::build_screened("n", &nv, &BTreeMap::new(), Snippets::AllowListed);
+    let names: Vec<&str> = ctx.backends.iter().map(|b| b.name.as_str()).collect();
+    assert!(
+        !names.contains(&"evil") && !names.contains(&"other"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"web"), "the rest renders: {names:?}");
+    assert_eq!(
+        excluded
+            .iter()
+            .map(|e| (e.kind, e.name.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("backend", "evil"), ("backend", "liar")]
+    );
+    assert!(
+        excluded[0].reason.contains("extra[0]"),
+        "{}",
+        excluded[0].reason
+    );
+    // A node that enables raw snippets renders it.
+    let (ctx, _) = context::build_screened("n", &nv, &BTreeMap::new(), Snippets::Raw);
+    assert!(ctx.backends.iter().any(|b| b.name == "evil"));
 }

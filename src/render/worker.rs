@@ -18,6 +18,7 @@ use super::error::RenderError;
 use super::template::Compiled;
 use super::{config_hash, context, files, reload, template};
 use crate::cluster::NodeView;
+use crate::model::Snippets;
 use crate::shutdown::Shutdown;
 
 /// The state of one template as the status endpoint shows it.
@@ -34,6 +35,10 @@ pub struct TemplateStatus {
     pub template_error: Option<String>,
     /// Whether the template's directory is watched for edits.
     pub watching: bool,
+    /// Entities and registrations this node left out of the last render because they fail its
+    /// validation (a peer running another version, a hostile peer, raw snippets this node does
+    /// not allow); the rest of the config is applied without them.
+    pub excluded: Vec<context::Excluded>,
     /// FNV-1a of the config HAProxy is known to run (the last good one).
     pub config_hash: Option<String>,
     /// Renders done (every debounced change; most are identical and go no further).
@@ -72,6 +77,7 @@ impl TemplateStatus {
             error: None,
             template_error: None,
             watching: false,
+            excluded: Vec::new(),
             config_hash: None,
             renders: 0,
             applies: 0,
@@ -159,6 +165,7 @@ impl Debounce {
 pub(crate) struct Worker {
     settings: ApplyConfig,
     node_id: String,
+    snippets: Snippets,
     slots: Vec<Slot>,
     status: Arc<Mutex<Vec<TemplateStatus>>>,
 }
@@ -168,6 +175,7 @@ impl Worker {
         settings: ApplyConfig,
         templates: Vec<TemplateConfig>,
         node_id: String,
+        snippets: Snippets,
         status: Arc<Mutex<Vec<TemplateStatus>>>,
     ) -> Self {
         let slots = templates
@@ -183,6 +191,7 @@ impl Worker {
         Worker {
             settings,
             node_id,
+            snippets,
             slots,
             status,
         }
@@ -389,14 +398,15 @@ impl Worker {
         let node_id = self.node_id.clone();
         let vars = self.slots[i].cfg.vars.clone();
         let render_dest = dest.clone();
+        let snippets = self.snippets;
         // Building the context, rendering and reading the current file are CPU and disk work:
         // keep them off the reactor.
         let render_started = Instant::now();
         let rendered = tokio::task::spawn_blocking(move || {
-            let ctx = context::build(&node_id, &nv, &vars);
+            let (ctx, excluded) = context::build_screened(&node_id, &nv, &vars, snippets);
             let text = compiled.render(&ctx)?;
             let current = files::read_current(&render_dest)?;
-            Ok::<_, RenderError>((text.into_bytes(), current))
+            Ok::<_, RenderError>((text.into_bytes(), current, excluded))
         })
         .await;
         let render_seconds = render_started.elapsed().as_secs_f64();
@@ -405,11 +415,21 @@ impl Worker {
             s.last_render_seconds = Some(render_seconds);
             s.render_durations.observe(render_seconds);
         });
-        let (bytes, current) = match rendered {
+        let (bytes, current, excluded) = match rendered {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return self.render_failed(i, e.to_string()),
             Err(e) => return self.render_failed(i, format!("rendering panicked: {e}")),
         };
+        self.set_status(i, |s| {
+            if s.excluded != excluded {
+                for e in excluded.iter().filter(|e| !s.excluded.contains(e)) {
+                    // Names and reasons may come from a peer: Debug-quoted, never raw.
+                    warn!(template = %name, kind = e.kind, entity = ?e.name, reason = ?e.reason,
+                        "render: left out of the config (it fails this node's validation); the rest is applied");
+                }
+                s.excluded = excluded;
+            }
+        });
         if current.as_deref() == Some(bytes.as_slice()) {
             // Same bytes as on disk: nothing to write, nothing to reload.
             self.slots[i].last_failed = None;

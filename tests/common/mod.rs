@@ -2,6 +2,7 @@
 //! waiting for conditions with a deadline (never sleeping as synchronisation).
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod haproxy;
 pub mod netns;
 
@@ -51,6 +52,8 @@ pub struct Resp {
 
 pub struct Http {
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` with every request, when set.
+    token: Option<String>,
 }
 
 impl Default for Http {
@@ -66,7 +69,22 @@ impl Http {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        Http { agent }
+        Http { agent, token: None }
+    }
+
+    /// A client that sends `token` with every request.
+    pub fn with_token(token: &str) -> Self {
+        Http {
+            token: Some(token.to_string()),
+            ..Self::new()
+        }
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("authorization", format!("Bearer {t}")),
+            None => req,
+        }
     }
 
     fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
@@ -92,36 +110,36 @@ impl Http {
     }
 
     pub fn get(&self, url: &str) -> Resp {
-        Self::finish(self.agent.get(url).call())
+        Self::finish(self.auth(self.agent.get(url)).call())
     }
     pub fn delete(&self, url: &str) -> Resp {
-        Self::finish(self.agent.delete(url).call())
+        Self::finish(self.auth(self.agent.delete(url)).call())
     }
     pub fn post_empty(&self, url: &str) -> Resp {
-        Self::finish(self.agent.post(url).send_empty())
+        Self::finish(self.auth(self.agent.post(url)).send_empty())
     }
     pub fn post_json(&self, url: &str, body: &str) -> Resp {
         Self::finish(
-            self.agent
-                .post(url)
+            self.auth(self.agent.post(url))
                 .header("content-type", "application/json")
                 .send(body),
         )
     }
     pub fn put_json(&self, url: &str, body: &str) -> Resp {
         Self::finish(
-            self.agent
-                .put(url)
+            self.auth(self.agent.put(url))
                 .header("content-type", "application/json")
                 .send(body),
         )
     }
     pub fn send(&self, method: &str, url: &str, ctype: Option<&str>, body: &str) -> Resp {
-        let req = ureq::http::Request::builder().method(method).uri(url);
-        let req = match ctype {
-            Some(c) => req.header("content-type", c),
-            None => req,
-        };
+        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
         Self::finish(self.agent.run(req.body(body.to_string()).unwrap()))
     }
 }
@@ -276,6 +294,8 @@ impl TestCluster {
             self.config.display().to_string(),
             "--node-id".into(),
             format!("node{i}"),
+            "--cluster-id".into(),
+            "test".into(),
             "--api-listen".into(),
             format!("127.0.0.1:{api}"),
             "--gossip-listen".into(),

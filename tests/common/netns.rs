@@ -139,7 +139,12 @@ impl Hosts {
             env!("CARGO_BIN_EXE_bender"),
             "agent",
         ])
-        .args(["--node-id", &format!("host{i}")])
+        .args([
+            "--node-id",
+            &format!("host{i}"),
+            "--cluster-id",
+            "netns-test",
+        ])
         .args(["--api-listen", &format!("{}:1729", self.mgmt_ip(i))])
         .args(["--gossip-listen", &format!("{}:1730", self.cluster_ip(i))])
         .args(extra)

@@ -3,13 +3,18 @@
 //!
 //! Validation is strict on purpose: anything that reaches a HAProxy config must not be able to
 //! open a new line, a comment, a quoted string or a sample fetch. Names come from a small safe
-//! character set; free-form HAProxy lines are single printable lines that cannot open a section.
+//! character set; free-form HAProxy lines pass the allow-list in [`snippets`] (or, where the
+//! node's operator enabled raw snippets, are single printable lines that open no section).
+
+pub mod snippets;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+pub use snippets::{Section, Snippets};
 
 /// Longest name, app or version accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -19,9 +24,8 @@ pub const MAX_HOST_LEN: usize = 253;
 pub const MAX_META_ENTRIES: usize = 16;
 /// Longest meta value.
 pub const MAX_META_VALUE_LEN: usize = 128;
-/// Most extra config lines an entity may carry, and the longest one.
+/// Most extra config lines an entity may carry.
 pub const MAX_EXTRA_LINES: usize = 32;
-pub const MAX_EXTRA_LINE_LEN: usize = 256;
 /// Most routing rules a frontend may carry.
 pub const MAX_RULES: usize = 64;
 
@@ -73,7 +77,9 @@ pub fn validate_name(field: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks a host: an IP address or a DNS name (labels of letters, digits and '-').
+/// Checks a host: an IP address or a DNS name (labels of letters, digits and '-'). A name that
+/// libc would read as an address (`2130706433`, `0x7f.1`, `0127.0.0.1`: inet_aton's decimal,
+/// hex and octal forms) is refused: a host must be what it looks like.
 pub fn validate_host(field: &str, value: &str) -> Result<(), Invalid> {
     if value.parse::<IpAddr>().is_ok() {
         return Ok(());
@@ -97,6 +103,24 @@ pub fn validate_host(field: &str, value: &str) -> Result<(), Invalid> {
             return Err(bad());
         }
     }
+    let numeric = |l: &str| {
+        let hex = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
+        match hex {
+            Some(h) => h.chars().all(|c| c.is_ascii_hexdigit()),
+            None => l.chars().all(|c| c.is_ascii_digit()),
+        }
+    };
+    let labels: Vec<&str> = value.split('.').collect();
+    // A top-level domain is never all digits (RFC 3696), and an all-numeric name is an address
+    // in disguise.
+    if labels.iter().all(|l| numeric(l)) || labels.last().is_some_and(|l| numeric(l)) {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{value:?} looks like a number that libc would read as an IP address; write the address itself, e.g. \"127.0.0.1\""
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -118,8 +142,9 @@ fn validate_port(field: &str, port: u16) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks a free-form but single-line value that may be rendered (meta values, paths):
-/// printable ASCII, no quotes, no '#', no '%[' (sample fetch), no backslash.
+/// Checks a free-form but single-token value that may be rendered (meta values, paths): the
+/// safe characters of [`snippets`] only (letters, digits and `-._~:/?&=+,;@!*()`), so no space,
+/// quote, `#`, `%` (sample fetch, log-format variable), `$`, brace or backslash.
 pub fn validate_token_text(field: &str, value: &str, max_len: usize) -> Result<(), Invalid> {
     if value.len() > max_len {
         return Err(Invalid::new(
@@ -127,80 +152,14 @@ pub fn validate_token_text(field: &str, value: &str, max_len: usize) -> Result<(
             format!("must be at most {max_len} characters"),
         ));
     }
-    let ok = value
-        .chars()
-        .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '\\' | '`'))
-        && !value.contains("%[");
-    if !ok {
+    if !value.is_empty() && !snippets::is_value(value) {
         return Err(Invalid::new(
             field,
             format!(
-                "{value:?} may contain only printable characters without spaces, quotes, '#', '\\' or '%['"
+                "{:?} may contain only letters, digits and -._~:/?&=+,;@!*()",
+                value.chars().take(64).collect::<String>()
             ),
         ));
-    }
-    Ok(())
-}
-
-/// Keywords that open a section in a HAProxy config: an extra line must not start one.
-const SECTION_KEYWORDS: &[&str] = &[
-    "global",
-    "defaults",
-    "frontend",
-    "backend",
-    "listen",
-    "peers",
-    "resolvers",
-    "userlist",
-    "program",
-    "http-errors",
-    "ring",
-    "mailers",
-    "cache",
-];
-
-/// Checks an extra HAProxy line: one printable line (spaces allowed), no '#', no quotes or
-/// backslashes, and not a section keyword. `haproxy -c` still checks its meaning before use.
-pub fn validate_extra_line(field: &str, line: &str) -> Result<(), Invalid> {
-    if line.trim().is_empty() {
-        return Err(Invalid::new(field, "must not be blank"));
-    }
-    if line.len() > MAX_EXTRA_LINE_LEN {
-        return Err(Invalid::new(
-            field,
-            format!("must be at most {MAX_EXTRA_LINE_LEN} characters"),
-        ));
-    }
-    let ok = line
-        .chars()
-        .all(|c| (c.is_ascii_graphic() || c == ' ') && !matches!(c, '"' | '\'' | '#' | '\\'));
-    if !ok {
-        return Err(Invalid::new(
-            field,
-            format!(
-                "{line:?} must be one line of printable characters without quotes, '#' or '\\'"
-            ),
-        ));
-    }
-    let first = line.split_whitespace().next().unwrap_or("");
-    if SECTION_KEYWORDS.contains(&first) {
-        return Err(Invalid::new(
-            field,
-            format!("{line:?} must not open a new section ({first})"),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_extra(field: &str, lines: &[String]) -> Result<(), Invalid> {
-    if lines.len() > MAX_EXTRA_LINES {
-        return Err(Invalid::new(
-            field,
-            format!("at most {MAX_EXTRA_LINES} lines"),
-        ));
-    }
-    for (i, line) in lines.iter().enumerate() {
-        validate_extra_line(&format!("{field}[{i}]"), line)?;
     }
     Ok(())
 }
@@ -316,7 +275,8 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    /// Checks every field; free-form lines as `snippets` says.
+    pub fn validate(&self, snippets: Snippets) -> Result<(), Invalid> {
         validate_name("name", &self.name)?;
         validate_name("app", &self.app)?;
         validate_name("version", &self.version)?;
@@ -337,9 +297,15 @@ impl Backend {
             }
         }
         if let Some(opts) = &self.server_options {
-            validate_extra_line("server_options", opts)?;
+            snippets::validate_server_options("server_options", opts, snippets)?;
         }
-        validate_extra("extra", &self.extra)
+        snippets::validate_lines(
+            "extra",
+            Section::Backend,
+            &self.extra,
+            snippets,
+            MAX_EXTRA_LINES,
+        )
     }
 }
 
@@ -401,7 +367,8 @@ pub fn validate_bind(field: &str, bind: &str) -> Result<(), Invalid> {
 }
 
 impl Frontend {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    /// Checks every field; free-form lines as `snippets` says.
+    pub fn validate(&self, snippets: Snippets) -> Result<(), Invalid> {
         validate_name("name", &self.name)?;
         validate_name("backend", &self.backend)?;
         validate_bind("bind", &self.bind)?;
@@ -429,7 +396,13 @@ impl Frontend {
                 validate_token_text(&format!("rules[{i}].path_prefix"), path, 256)?;
             }
         }
-        validate_extra("extra", &self.extra)
+        snippets::validate_lines(
+            "extra",
+            Section::Frontend,
+            &self.extra,
+            snippets,
+            MAX_EXTRA_LINES,
+        )
     }
 }
 
@@ -472,6 +445,50 @@ mod tests {
     }
 
     #[test]
+    fn hosts_that_libc_would_read_as_addresses_are_refused() {
+        for bad in [
+            "2130706433",
+            "0x7f.1",
+            "0x7f000001",
+            "0127.0.0.1",
+            "127.1",
+            "127.000.000.001",
+            "10.0.0.0x1",
+            "app.123",
+        ] {
+            let err = validate_host("host", bad).unwrap_err();
+            assert_eq!(err.field, "host", "{bad}");
+        }
+        for ok in ["0x7f.example.com", "123.example.com", "a1", "web-01.prod"] {
+            assert!(validate_host("host", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn token_text_is_one_safe_token() {
+        for ok in ["eu-west-1", "/health?full=1&x=y", "a:b", ""] {
+            assert!(validate_token_text("meta.zone", ok, 128).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "a b",
+            "%[env(HOME)]",
+            "%H",
+            "{{x}}",
+            "${HOME}",
+            "a\"b",
+            "a#b",
+            "é",
+            "a\u{2028}b",
+            "a\0b",
+        ] {
+            assert!(
+                validate_token_text("meta.zone", bad, 128).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ports_are_1_to_65535() {
         assert_eq!(parse_port("port", "80"), Ok(80));
         for bad in ["0", "65536", "-1", "x", ""] {
@@ -481,7 +498,8 @@ mod tests {
 
     #[test]
     fn extra_lines_cannot_escape_their_section() {
-        assert!(validate_extra_line("extra", "timeout server 30s").is_ok());
+        let line = |l: &str, s| snippets::validate_line("extra", Section::Backend, l, s);
+        assert!(line("timeout server 30s", Snippets::AllowListed).is_ok());
         for bad in [
             "a\nb",
             "backend evil",
@@ -490,7 +508,8 @@ mod tests {
             "x \"q\"",
             "",
         ] {
-            assert!(validate_extra_line("extra", bad).is_err(), "{bad:?}");
+            assert!(line(bad, Snippets::Raw).is_err(), "{bad:?}");
+            assert!(line(bad, Snippets::AllowListed).is_err(), "{bad:?}");
         }
     }
 
@@ -517,7 +536,7 @@ mod tests {
 
         #[test]
         fn valid_extra_lines_are_single_lines(s in "\\PC{0,80}") {
-            if validate_extra_line("x", &s).is_ok() {
+            if snippets::validate_raw_line("x", &s).is_ok() {
                 prop_assert!(!s.contains('\n') && !s.contains('\r') && !s.contains('#'));
             }
         }

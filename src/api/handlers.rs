@@ -1,0 +1,289 @@
+//! What each op does once it is routed and authorized: calls on the [`Node`] and the replies.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use super::error::ApiError;
+use super::routes::{Kind, Op, PathKey};
+use super::wire::{
+    json_error, json_ok, json_reply, no_content, ok, parse_ttl, with_resource, CompatRegistration,
+    RegisterBody, Request, Result, V1Registration,
+};
+use super::Api;
+use crate::auth::Caller;
+use crate::model::{self, Backend, Frontend, RegKey, Snippets};
+use crate::node::{Entity, WriteMode};
+
+impl Api {
+    /// Runs an authorized op.
+    pub(super) async fn execute(
+        &self,
+        op: Op<'_>,
+        req: &Request<'_>,
+        caller: &Caller,
+    ) -> Result<Response> {
+        match op {
+            Op::CompatRegister(k) => {
+                let key = path_key(&k)?;
+                self.allow_registration(caller, &key)?;
+                let live = self.node.register(key, None, BTreeMap::new()).await?;
+                json_ok(&CompatRegistration::from(&live))
+            }
+            Op::CompatList { app, version } => {
+                let regs = self.node.registrations(app, version, None);
+                json_ok(
+                    &regs
+                        .iter()
+                        .map(CompatRegistration::from)
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Op::ListRegistrations => {
+                let app = req.query_param("app");
+                let version = req.query_param("version");
+                let host = req.query_param("host");
+                let regs =
+                    self.node
+                        .registrations(app.as_deref(), version.as_deref(), host.as_deref());
+                json_ok(&regs.iter().map(V1Registration::from).collect::<Vec<_>>())
+            }
+            Op::Register => {
+                let body: RegisterBody = req.json()?;
+                let key = RegKey::new(&body.app, &body.version, &body.host, body.port)?;
+                let ttl = parse_ttl(&body.ttl)?;
+                self.allow_registration(caller, &key)?;
+                let live = self.node.register(key, ttl, body.meta).await?;
+                json_ok(&V1Registration::from(&live))
+            }
+            Op::GetRegistration(k) => {
+                let key = path_key(&k)?;
+                let found = self
+                    .node
+                    .registrations(Some(&key.app), Some(&key.version), Some(&key.host))
+                    .into_iter()
+                    .find(|r| r.key == key);
+                match found {
+                    Some(r) => json_ok(&V1Registration::from(&r)),
+                    None => Err(ApiError::not_found("Registration not found")),
+                }
+            }
+            Op::Deregister(k) => {
+                let key = path_key(&k)?;
+                self.allow_registration(caller, &key)?;
+                self.node.deregister(key).await;
+                no_content()
+            }
+            Op::ListEntities(Kind::Backend) => self.list::<Backend>(),
+            Op::ListEntities(Kind::Frontend) => self.list::<Frontend>(),
+            Op::CreateEntity(Kind::Backend) => self.create::<Backend>(req, caller).await,
+            Op::CreateEntity(Kind::Frontend) => self.create::<Frontend>(req, caller).await,
+            Op::GetEntity(Kind::Backend, name) => self.get::<Backend>(name),
+            Op::GetEntity(Kind::Frontend, name) => self.get::<Frontend>(name),
+            Op::UpdateEntity(Kind::Backend, name) => {
+                self.update::<Backend>(req, caller, name).await
+            }
+            Op::UpdateEntity(Kind::Frontend, name) => {
+                self.update::<Frontend>(req, caller, name).await
+            }
+            Op::DeleteEntity(Kind::Backend, name) => self.delete::<Backend>(name).await,
+            Op::DeleteEntity(Kind::Frontend, name) => self.delete::<Frontend>(name).await,
+            Op::Members => ok(json!(self.node.members())),
+            Op::State => json_ok(&crate::cluster::StateDump::new(
+                self.node.node_id(),
+                &self.node.current_view(),
+                self.node.members(),
+            )),
+            Op::Status => ok(self.status()),
+            Op::Events => Ok(self.events()),
+            Op::Health => ok(json!({"status": "ok"})),
+            Op::Metrics => Ok(self.metrics_text()),
+            Op::Ready => self.ready(),
+        }
+    }
+
+    /// Applies the registration policy to a caller that is not an admin.
+    fn allow_registration(&self, caller: &Caller, key: &RegKey) -> Result<()> {
+        let guard = self.security.guard();
+        guard
+            .check_registration(caller, &key.app, &key.host)
+            .map_err(|refusal| {
+                self.refused(
+                    "registration_policy",
+                    caller,
+                    key.to_string(),
+                    &refusal.to_string(),
+                );
+                ApiError::forbidden(format!("registration of {key} refused: {refusal}"))
+            })
+    }
+
+    /// How the caller's free-form lines are checked: raw only where the node allows config
+    /// snippets and the caller is an admin by credential.
+    fn snippets_for(&self, caller: &Caller) -> Snippets {
+        if self.security.config_snippets() && caller.is_credentialed_admin() {
+            Snippets::Raw
+        } else {
+            Snippets::AllowListed
+        }
+    }
+
+    fn list<E: Entity>(&self) -> Result<Response> {
+        ok(Value::Array(
+            self.node
+                .list::<E>()
+                .iter()
+                .map(|e| with_resource(e, E::KIND))
+                .collect(),
+        ))
+    }
+
+    fn get<E: Entity>(&self, name: &str) -> Result<Response> {
+        match self.node.get::<E>(name) {
+            Some(e) => ok(with_resource(&e, E::KIND)),
+            None => Err(ApiError::not_found(format!("{} not found", E::KIND))),
+        }
+    }
+
+    async fn create<E: Entity + for<'de> Deserialize<'de>>(
+        &self,
+        req: &Request<'_>,
+        caller: &Caller,
+    ) -> Result<Response> {
+        let entity: E = req.json()?;
+        let name = entity.name().to_string();
+        self.node
+            .put(entity.clone(), WriteMode::Create, self.snippets_for(caller))
+            .await?;
+        let mut resp = json_reply(StatusCode::CREATED, &with_resource(&entity, E::KIND));
+        let location = format!("/{}s/{}", E::KIND.to_ascii_lowercase(), name);
+        resp.headers_mut().insert(
+            "location",
+            HeaderValue::from_str(&location).expect("validated names are header-safe"),
+        );
+        Ok(resp)
+    }
+
+    async fn update<E: Entity + for<'de> Deserialize<'de>>(
+        &self,
+        req: &Request<'_>,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Response> {
+        let not_found = || ApiError::not_found(format!("{} not found", E::KIND));
+        // The fields given replace the current ones and the rest is kept, as the 0.2.1
+        // client's `updateBackend(backend, update)` expects; what is stored (and replicated)
+        // is always the whole resulting value.
+        let body = req.json_value()?;
+        if let Some(n) = body.get("name") {
+            if n.as_str() != Some(name) {
+                return Err(ApiError::invalid(format!(
+                    "invalid name: the body's name must match the path ({:?})",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        let current = self.node.get::<E>(name).ok_or_else(not_found)?;
+        let mut merged = match serde_json::to_value(&current) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(ApiError::internal("cannot represent the current value")),
+        };
+        merged.extend(body);
+        let entity: E = serde_json::from_value(Value::Object(merged))
+            .map_err(|e| ApiError::invalid(json_error(&e)))?;
+        self.node
+            .put(entity.clone(), WriteMode::Update, self.snippets_for(caller))
+            .await?;
+        ok(with_resource(&entity, E::KIND))
+    }
+
+    async fn delete<E: Entity>(&self, name: &str) -> Result<Response> {
+        self.node.delete::<E>(name).await?;
+        no_content()
+    }
+
+    fn metrics_text(&self) -> Response {
+        let mut resp = self.metrics.encode().into_response();
+        resp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// 200 once the node has caught up with its peers and every other stage is ready (the last
+    /// apply succeeded); 503 `NOT_READY` with the reason otherwise.
+    fn ready(&self) -> Result<Response> {
+        if !self.node.is_ready() {
+            return Err(ApiError::not_ready("waiting to catch up with peers"));
+        }
+        if let Some(hook) = &self.hooks.ready {
+            hook().map_err(ApiError::not_ready)?;
+        }
+        ok(json!({"status": "ready"}))
+    }
+
+    fn status(&self) -> Value {
+        let (live, backends, frontends, leases) = self.node.counts();
+        let members = self.node.members();
+        let (refused_total, refused_client) = self.connections.refused();
+        let mut v = json!({
+            "node_id": self.node.node_id(),
+            "cluster_id": self.node.config().cluster_id,
+            "ready": self.node.is_ready(),
+            "members_live": members.iter().filter(|m| m.live).count(),
+            "members": members,
+            "registrations_live": live,
+            "leases_held": leases,
+            "backends": backends,
+            "frontends": frontends,
+            "api": {
+                "tls": self.security.tls_enabled(),
+                "credentials": if self.security.guard().loopback_only() { "none (loopback only)" } else { "required" },
+                "connections_open": self.connections.open(),
+                "connections_refused": { "total_cap": refused_total, "per_client_cap": refused_client },
+            },
+        });
+        if let Some(hook) = &self.hooks.status {
+            if let (Some(m), Value::Object(extra)) = (v.as_object_mut(), hook()) {
+                m.extend(extra);
+            }
+        }
+        v
+    }
+
+    /// Server-Sent Events: one event per change this node observes, until the client leaves or
+    /// the node stops. A client that falls too far behind is told to re-list (`resync`).
+    fn events(&self) -> Response {
+        let rx = self.node.subscribe_events();
+        let mut stop = self.shutdown.clone();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let item = match rx.recv().await {
+                Ok(event) => warp::sse::Event::default()
+                    .event(event.kind())
+                    .json_data(&event)
+                    .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warp::sse::Event::default()
+                        .event("resync")
+                        .data(format!("{{\"missed\":{n}}}"))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok::<_, Infallible>(item), rx))
+        })
+        .take_until(Box::pin(async move { stop.wait().await }));
+        warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+    }
+}
+
+fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
+    let port = model::parse_port("port", k.port)?;
+    Ok(RegKey::new(k.app, k.version, k.host, port)?)
+}

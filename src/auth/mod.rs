@@ -1,0 +1,609 @@
+//! Who may use the API, and for what.
+//!
+//! Every route needs a scope: `read` (listings, events, status, metrics), `register` (app
+//! servers: register, renew, deregister) or `admin` (everything, frontends and backends
+//! included); `/health` and `/ready` need none. A caller proves a scope with a bearer token read
+//! from a file the config names, or with a TLS client certificate the config maps to a scope.
+//! The config may also open `read` to some networks, and the old unauthenticated registration
+//! route to others (compatibility with bender 0.2.1 clients). A node with no credentials
+//! configured at all lets only clients on its own host (loopback) in.
+//!
+//! The decisions are pure functions of the [`Guard`] and what a request presents; the guard is
+//! built from the config (reading the token files) at start and on every SIGHUP.
+
+pub mod policy;
+mod tokens;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::Deserialize;
+
+pub use policy::{Policy, RegistrationConfig, Requester};
+
+/// What a credential lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Register,
+    Admin,
+}
+
+impl Scope {
+    /// Whether a credential of this scope may use a route that needs `need`. `admin` may do
+    /// everything; `read` and `register` only what they name.
+    pub fn grants(self, need: Scope) -> bool {
+        self == Scope::Admin || self == need
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Register => "register",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: `/health`, `/ready`.
+    Open,
+    Scope(Scope),
+}
+
+/// `[[auth.token]]`: a named credential whose tokens are the lines of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub file: PathBuf,
+}
+
+/// `[[auth.client_cert]]`: client certificates (verified against `api.tls.client_ca`) that are
+/// valid for `san` (a DNS name or an IP address, or "*" for any certificate the CA signed) get
+/// `scope`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub san: String,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default, rename = "client_cert")]
+    pub client_certs: Vec<ClientCertConfig>,
+    /// Networks whose clients may use `read` routes with no credential (a Prometheus server,
+    /// say).
+    #[serde(default)]
+    pub open_read_from: Vec<IpNet>,
+}
+
+/// `[compat]`: letting bender 0.2.1 clients, which send no token, keep registering.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Networks whose clients may use `POST /registrations/:app/:version/:host/:port` with no
+    /// credential (as `register`, under the registration policy). Empty: none.
+    #[serde(default)]
+    pub unauthenticated_register_from: Vec<IpNet>,
+}
+
+/// A TLS client certificate the connection presented and the client CA verified.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<CertificateDer<'static>>);
+
+impl ClientCert {
+    /// Whether the certificate is valid for `name` (a DNS name or an IP address) by its
+    /// subject alternative names.
+    pub fn valid_for(&self, name: &str) -> bool {
+        let Ok(cert) = webpki::EndEntityCert::try_from(self.0.as_ref()) else {
+            return false;
+        };
+        match ServerName::try_from(name) {
+            Ok(sn) => cert.verify_is_valid_for_subject_name(&sn).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// How a caller got its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Token,
+    Certificate,
+    /// A client on this host, on a node with no credentials configured.
+    Loopback,
+    /// `auth.open_read_from`.
+    OpenRead,
+    /// `compat.unauthenticated_register_from`.
+    Compat,
+    /// A route that needs nothing.
+    Open,
+}
+
+/// Who is calling, as far as the API is concerned.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub addr: IpAddr,
+    /// The credential's name (`[[auth.token]]` or `[[auth.client_cert]]`), if it showed one.
+    pub credential: Option<Arc<str>>,
+    /// The scope granted; `None` on open routes.
+    pub scope: Option<Scope>,
+    pub via: Via,
+    pub cert: Option<ClientCert>,
+}
+
+impl Caller {
+    /// Admin by a credential it presented (a token or a certificate), not by where it is.
+    pub fn is_credentialed_admin(&self) -> bool {
+        self.scope == Some(Scope::Admin) && matches!(self.via, Via::Token | Via::Certificate)
+    }
+}
+
+/// Why a request was refused: 401 (no valid credential) or 403 (not enough).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    Unauthenticated(String),
+    Forbidden(String),
+}
+
+/// What a request presents.
+pub struct Presented<'a> {
+    pub addr: IpAddr,
+    /// The `Authorization` header, if any (raw bytes: it may not even be ASCII).
+    pub authorization: Option<&'a [u8]>,
+    pub cert: Option<&'a ClientCert>,
+}
+
+struct Credential {
+    name: Arc<str>,
+    scope: Scope,
+}
+
+struct CertRule {
+    credential: usize,
+    san: String,
+}
+
+/// The loaded credentials and rules.
+pub struct Guard {
+    credentials: Vec<Credential>,
+    tokens: Vec<(tokens::Digest, usize)>,
+    certs: Vec<CertRule>,
+    open_read_from: Vec<IpNet>,
+    compat_from: Vec<IpNet>,
+    /// No credential is configured: only loopback clients get in (as admin).
+    loopback_only: bool,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("credentials", &self.credentials.len())
+            .field("tokens", &self.tokens.len())
+            .field("loopback_only", &self.loopback_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// Reads the token files and checks every rule. Errors name the key (and the file).
+    pub fn load(
+        auth: &AuthConfig,
+        registration: &RegistrationConfig,
+        compat: &CompatConfig,
+        client_ca: bool,
+    ) -> Result<Guard, String> {
+        let mut credentials = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        let mut token_digests = Vec::new();
+        for t in &auth.tokens {
+            check_credential_name("auth.token", &t.name)?;
+            if !names.insert(t.name.clone()) {
+                return Err(format!(
+                    "auth.token {:?}: the name is used by another credential",
+                    t.name
+                ));
+            }
+            let digests =
+                tokens::read_file(&t.file).map_err(|e| format!("auth.token {:?}: {e}", t.name))?;
+            let idx = credentials.len();
+            credentials.push(Credential {
+                name: t.name.as_str().into(),
+                scope: t.scope,
+            });
+            token_digests.extend(digests.into_iter().map(|d| (d, idx)));
+        }
+        let mut certs = Vec::new();
+        for c in &auth.client_certs {
+            check_credential_name("auth.client_cert", &c.name)?;
+            if !names.insert(c.name.clone()) {
+                return Err(format!(
+                    "auth.client_cert {:?}: the name is used by another credential",
+                    c.name
+                ));
+            }
+            if !client_ca {
+                return Err(format!(
+                    "auth.client_cert {:?}: needs api.tls.client_ca, the CA that signs client certificates",
+                    c.name
+                ));
+            }
+            if c.san != "*" && ServerName::try_from(c.san.as_str()).is_err() {
+                return Err(format!(
+                    "auth.client_cert {:?}: san = {:?} must be a DNS name, an IP address, or \"*\"",
+                    c.name, c.san
+                ));
+            }
+            let idx = credentials.len();
+            credentials.push(Credential {
+                name: c.name.as_str().into(),
+                scope: c.scope,
+            });
+            certs.push(CertRule {
+                credential: idx,
+                san: c.san.clone(),
+            });
+        }
+        let all_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let policy = Policy::new(registration, &all_names)?;
+        Ok(Guard {
+            loopback_only: credentials.is_empty(),
+            credentials,
+            tokens: token_digests,
+            certs,
+            open_read_from: auth.open_read_from.clone(),
+            compat_from: compat.unauthenticated_register_from.clone(),
+            policy,
+        })
+    }
+
+    /// True when no credential is configured, so that only loopback clients get in.
+    pub fn loopback_only(&self) -> bool {
+        self.loopback_only
+    }
+
+    /// The credential a certificate maps to: the first `[[auth.client_cert]]` it is valid for.
+    fn certificate(&self, cert: &ClientCert) -> Option<usize> {
+        self.certs
+            .iter()
+            .find(|c| c.san == "*" || cert.valid_for(&c.san))
+            .map(|c| c.credential)
+    }
+
+    /// Decides whether a request that presents `p` may use a route that needs `need`.
+    /// `compat_register` marks the 0.2.1 registration route, which `[compat]` may open.
+    pub fn authorize(
+        &self,
+        p: &Presented<'_>,
+        need: Need,
+        compat_register: bool,
+    ) -> Result<Caller, Denied> {
+        let addr = p.addr.to_canonical();
+        let caller = |credential: Option<Arc<str>>, scope: Option<Scope>, via: Via| Caller {
+            addr,
+            credential,
+            scope,
+            via,
+            cert: p.cert.cloned(),
+        };
+        let Need::Scope(need) = need else {
+            return Ok(caller(None, None, Via::Open));
+        };
+        let grant = |idx: usize, via: Via| {
+            let c = &self.credentials[idx];
+            if c.scope.grants(need) {
+                Ok(caller(Some(c.name.clone()), Some(c.scope), via))
+            } else {
+                Err(Denied::Forbidden(format!(
+                    "credential {:?} has scope {}; this route needs {}",
+                    c.name,
+                    c.scope.name(),
+                    need.name()
+                )))
+            }
+        };
+        if let Some(header) = p.authorization {
+            let token = bearer(header).ok_or_else(|| {
+                Denied::Unauthenticated(
+                    "the Authorization header must be \"Bearer <token>\"".into(),
+                )
+            })?;
+            return match tokens::find(&self.tokens, token) {
+                Some(idx) => grant(idx, Via::Token),
+                None => Err(Denied::Unauthenticated(
+                    "the token is not valid on this node (unknown or revoked)".into(),
+                )),
+            };
+        }
+        let mapped = p.cert.and_then(|c| self.certificate(c));
+        if let Some(idx) = mapped {
+            return grant(idx, Via::Certificate);
+        }
+        if self.loopback_only && addr.is_loopback() {
+            return Ok(caller(None, Some(Scope::Admin), Via::Loopback));
+        }
+        if need == Scope::Read && self.open_read_from.iter().any(|n| n.contains(&addr)) {
+            return Ok(caller(None, Some(Scope::Read), Via::OpenRead));
+        }
+        if compat_register
+            && need == Scope::Register
+            && self.compat_from.iter().any(|n| n.contains(&addr))
+        {
+            return Ok(caller(None, Some(Scope::Register), Via::Compat));
+        }
+        if p.cert.is_some() {
+            return Err(Denied::Forbidden(format!(
+                "the client certificate maps to no [[auth.client_cert]] entry, and this route needs {}",
+                need.name()
+            )));
+        }
+        if self.loopback_only {
+            return Err(Denied::Unauthenticated(
+                "this node has no API credentials configured, so only clients on its own host may use the API; configure [[auth.token]] (see docs/security.md)".into(),
+            ));
+        }
+        Err(Denied::Unauthenticated(format!(
+            "this route needs a credential with scope {}: send \"Authorization: Bearer <token>\"",
+            need.name()
+        )))
+    }
+
+    /// Whether `caller` may register (or deregister) `host` for `app`. Admins may do anything.
+    pub fn check_registration(
+        &self,
+        caller: &Caller,
+        app: &str,
+        host: &str,
+    ) -> Result<(), policy::Refusal> {
+        if caller.scope == Some(Scope::Admin) {
+            return Ok(());
+        }
+        let cert = caller.cert.clone();
+        let valid = move |name: &str| cert.as_ref().is_some_and(|c| c.valid_for(name));
+        let who = Requester {
+            addr: caller.addr,
+            credential: caller.credential.as_deref(),
+            cert_valid_for: caller
+                .cert
+                .as_ref()
+                .map(|_| &valid as &dyn Fn(&str) -> bool),
+        };
+        self.policy.check(&who, app, host)
+    }
+}
+
+fn check_credential_name(key: &str, name: &str) -> Result<(), String> {
+    crate::model::validate_name("name", name).map_err(|e| format!("{key} {name:?}: {e}"))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
+fn bearer(header: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, token) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    tokens::well_formed(token).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Files(PathBuf);
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn token_file(dir: &std::path::Path, name: &str, tokens: &[&str]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, tokens.join("\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    const ADMIN: &str = "admin-token-0123456789";
+    const REGISTER: &str = "register-token-0123456789";
+    const READ: &str = "read-token-0123456789";
+
+    fn guard(extra: impl FnOnce(&mut AuthConfig, &mut CompatConfig)) -> (Guard, Files) {
+        let dir = std::env::temp_dir().join(format!(
+            "bender-auth-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut auth = AuthConfig::default();
+        for (name, scope, tok) in [
+            ("ops", Scope::Admin, ADMIN),
+            ("apps", Scope::Register, REGISTER),
+            ("prometheus", Scope::Read, READ),
+        ] {
+            auth.tokens.push(TokenConfig {
+                name: name.into(),
+                scope,
+                file: token_file(&dir, name, &[tok]),
+            });
+        }
+        let mut compat = CompatConfig::default();
+        extra(&mut auth, &mut compat);
+        let g = Guard::load(&auth, &RegistrationConfig::default(), &compat, false).unwrap();
+        (g, Files(dir))
+    }
+
+    fn ask(g: &Guard, addr: &str, header: Option<String>, need: Need) -> Result<Caller, Denied> {
+        let h = header.map(String::into_bytes);
+        g.authorize(
+            &Presented {
+                addr: addr.parse().unwrap(),
+                authorization: h.as_deref(),
+                cert: None,
+            },
+            need,
+            false,
+        )
+    }
+
+    fn bearer_of(t: &str) -> Option<String> {
+        Some(format!("Bearer {t}"))
+    }
+
+    #[test]
+    fn each_scope_grants_what_it_names_and_admin_everything() {
+        let (g, _f) = guard(|_, _| {});
+        let s = |n| Need::Scope(n);
+        for (token, need, ok) in [
+            (ADMIN, s(Scope::Admin), true),
+            (ADMIN, s(Scope::Register), true),
+            (ADMIN, s(Scope::Read), true),
+            (REGISTER, s(Scope::Register), true),
+            (REGISTER, s(Scope::Read), false),
+            (REGISTER, s(Scope::Admin), false),
+            (READ, s(Scope::Read), true),
+            (READ, s(Scope::Register), false),
+            (READ, s(Scope::Admin), false),
+        ] {
+            let r = ask(&g, "10.0.0.1", bearer_of(token), need);
+            match (ok, r) {
+                (true, Ok(c)) => assert_eq!(c.via, Via::Token),
+                (false, Err(Denied::Forbidden(m))) => assert!(m.contains("scope"), "{m}"),
+                (ok, r) => panic!("{token} for {need:?}: expected ok={ok}, got {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn no_token_or_a_wrong_one_is_401_and_open_routes_need_nothing() {
+        let (g, _f) = guard(|_, _| {});
+        let need = Need::Scope(Scope::Read);
+        assert!(matches!(
+            ask(&g, "10.0.0.1", None, need),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            ask(&g, "10.0.0.1", bearer_of("not-a-known-token-123"), need),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            ask(&g, "10.0.0.1", Some(format!("Basic {ADMIN}")), need),
+            Err(Denied::Unauthenticated(_))
+        ));
+        // Loopback is not special once credentials exist.
+        assert!(ask(&g, "127.0.0.1", None, need).is_err());
+        assert_eq!(
+            ask(&g, "10.0.0.1", None, Need::Open).unwrap().via,
+            Via::Open
+        );
+        assert!(ask(&g, "10.0.0.1", Some(format!("bearer  {ADMIN} ")), need).is_ok());
+    }
+
+    #[test]
+    fn config_can_open_reads_and_the_old_registration_route_to_networks() {
+        let (g, _f) = guard(|a, c| {
+            a.open_read_from = vec!["10.1.0.0/16".parse().unwrap()];
+            c.unauthenticated_register_from = vec!["10.2.0.0/16".parse().unwrap()];
+        });
+        let p = |addr: &str| Presented {
+            addr: addr.parse().unwrap(),
+            authorization: None,
+            cert: None,
+        };
+        let read = Need::Scope(Scope::Read);
+        let register = Need::Scope(Scope::Register);
+        assert_eq!(
+            g.authorize(&p("10.1.2.3"), read, false).unwrap().via,
+            Via::OpenRead
+        );
+        assert!(g.authorize(&p("10.1.2.3"), register, true).is_err());
+        assert!(g.authorize(&p("10.3.0.1"), read, false).is_err());
+        assert_eq!(
+            g.authorize(&p("10.2.0.9"), register, true).unwrap().via,
+            Via::Compat
+        );
+        assert!(
+            g.authorize(&p("10.2.0.9"), register, false).is_err(),
+            "v1 routes stay closed"
+        );
+        assert!(g
+            .authorize(&p("10.2.0.9"), Need::Scope(Scope::Admin), true)
+            .is_err());
+    }
+
+    #[test]
+    fn a_node_without_credentials_lets_only_its_own_host_in() {
+        let g = Guard::load(
+            &AuthConfig::default(),
+            &RegistrationConfig::default(),
+            &CompatConfig::default(),
+            false,
+        )
+        .unwrap();
+        assert!(g.loopback_only());
+        let admin = Need::Scope(Scope::Admin);
+        let c = ask(&g, "127.0.0.1", None, admin).unwrap();
+        assert_eq!((c.via, c.scope), (Via::Loopback, Some(Scope::Admin)));
+        assert!(
+            !c.is_credentialed_admin(),
+            "raw snippets need a real credential"
+        );
+        assert!(ask(&g, "::1", None, admin).is_ok());
+        assert!(ask(&g, "::ffff:127.0.0.1", None, admin).is_ok());
+        match ask(&g, "10.0.0.1", None, admin) {
+            Err(Denied::Unauthenticated(m)) => assert!(m.contains("own host"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_credentials_config_names_the_key() {
+        let load = |auth: AuthConfig| {
+            Guard::load(
+                &auth,
+                &RegistrationConfig::default(),
+                &CompatConfig::default(),
+                false,
+            )
+            .unwrap_err()
+        };
+        let e = load(AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "ops".into(),
+                scope: Scope::Admin,
+                file: "/nonexistent/token".into(),
+            }],
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("auth.token \"ops\"") && e.contains("/nonexistent/token"),
+            "{e}"
+        );
+        let e = load(AuthConfig {
+            client_certs: vec![ClientCertConfig {
+                name: "deploy".into(),
+                scope: Scope::Admin,
+                san: "deploy.example.com".into(),
+            }],
+            ..Default::default()
+        });
+        assert!(e.contains("client_ca"), "{e}");
+    }
+}
