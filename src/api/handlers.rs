@@ -114,12 +114,11 @@ impl Api {
         guard
             .check_registration(caller, &key.app, &key.host)
             .map_err(|refusal| {
-                self.refused(
-                    "registration_policy",
-                    caller,
-                    key.to_string(),
-                    &refusal.to_string(),
-                );
+                let what = match &caller.credential {
+                    Some(c) => format!("registration of {key} by {c:?}"),
+                    None => format!("registration of {key}"),
+                };
+                self.refused("registration_policy", caller, what, &refusal.to_string());
                 ApiError::forbidden(format!("registration of {key} refused: {refusal}"))
             })
     }

@@ -19,7 +19,7 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// A connection on which nothing moves in either direction for this long is closed
     /// (a client that stopped reading its answer, say). Event streams send a keep-alive every
-    /// 15 s, so this must be longer.
+    /// 15 s: keep this longer, or idle event streams are closed too.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Most connections open at once; past it a new connection gets 503 and is closed.
@@ -102,7 +102,7 @@ impl ApiConfig {
             (
                 "api.idle_timeout",
                 self.idle_timeout,
-                Duration::from_secs(16),
+                Duration::from_secs(1),
             ),
         ] {
             if value < min || value > Duration::from_secs(3600) {

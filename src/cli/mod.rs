@@ -125,7 +125,7 @@ pub struct Connect {
     pub addrs: Vec<String>,
     /// File holding the API token (its first line). BENDER_TOKEN may hold the token itself;
     /// tokens are never taken from the command line, where `ps` would show them
-    /// [default: /etc/bender/tokens/admin, when readable].
+    /// [default: /etc/bender/tokens/admin, when readable and no --cert is given].
     #[arg(long, env = "BENDER_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// PEM CA certificate to verify an https:// node with (a private CA).
@@ -149,6 +149,8 @@ impl Connect {
         let token = match (&self.token_file, std::env::var("BENDER_TOKEN")) {
             (Some(path), _) => Some(crate::client::read_token_file(path)?),
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            // A client certificate is a credential of its own: no default token beside it.
+            _ if self.cert_file.is_some() => None,
             _ => {
                 let default = std::path::Path::new(DEFAULT_TOKEN_FILE);
                 crate::client::read_token_file(default).ok()

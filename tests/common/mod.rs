@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod haproxy;
 pub mod netns;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -170,6 +171,74 @@ pub fn raw_http(base: &str, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Like [`raw_http`], from the local address `src` (any of 127.0.0.0/8 works on Linux): for
+/// tests of what the node decides by the client's address.
+pub fn raw_http_from(src: &str, base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("base is http://IP:PORT");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{src}:0").parse().unwrap();
+    socket.bind(&src.into()).expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON request from the local address `src`, with `token` if any: (status, body).
+pub fn request_from(
+    src: &str,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = raw_http_from(src, base, &req);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Sends SIGHUP to a node (it re-reads its config, tokens and certificates).
+pub fn sighup(p: &Proc) {
+    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("send SIGHUP");
+}
+
+/// Waits for a log line of `p` containing every one of `parts`; returns it.
+pub fn wait_for_log(p: &Proc, timeout: Duration, parts: &[&str]) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.logs.recv_timeout(left) {
+            Ok(line) if parts.iter().all(|x| line.contains(x)) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {parts:?} within {timeout:?}"),
+        }
+    }
+}
+
 /// One `bender agent` process.
 pub struct Proc {
     pub child: Child,
@@ -183,6 +252,21 @@ pub struct Proc {
 impl Proc {
     /// Starts `bender agent` with `args` and waits until its API answers.
     pub fn start(node_id: &str, api_port: u16, gossip: SocketAddr, args: Vec<String>) -> Proc {
+        let p = Self::spawn(
+            node_id,
+            format!("http://127.0.0.1:{api_port}"),
+            gossip,
+            args,
+        );
+        let url = p.url("/health");
+        wait_until(Duration::from_secs(20), "the node answers /health", || {
+            ureq::get(&url).call().is_ok()
+        });
+        p
+    }
+
+    /// Starts `bender agent` with `args`, its API at `api` (a base URL), without waiting.
+    pub fn spawn(node_id: &str, api: String, gossip: SocketAddr, args: Vec<String>) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bender"))
             .arg("agent")
             .args(&args)
@@ -204,21 +288,14 @@ impl Proc {
                 }
             }
         });
-        let p = Proc {
+        Proc {
             child,
-            api: format!("http://127.0.0.1:{api_port}"),
+            api,
             gossip,
             node_id: node_id.to_string(),
             args,
             logs,
-        };
-        let http = Http::new();
-        let url = p.url("/health");
-        wait_until(Duration::from_secs(20), "the node answers /health", || {
-            ureq::get(&url).call().is_ok()
-        });
-        let _ = http;
-        p
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
