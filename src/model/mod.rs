@@ -214,6 +214,9 @@ pub fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), Invalid> {
     }
     for (k, v) in meta {
         validate_name("meta key", k)?;
+        if v.is_empty() {
+            return Err(Invalid::new(format!("meta.{k}"), "must not be empty"));
+        }
         validate_token_text(&format!("meta.{k}"), v, MAX_META_VALUE_LEN)?;
     }
     Ok(())
