@@ -117,7 +117,8 @@ ok "built $deb ($(du -h "$deb" | cut -f1)) and $rpmf ($(du -h "$rpmf" | cut -f1)
 # The files both packages must install, and the conffiles among them.
 files_common=(/usr/bin/bender /etc/bender/bender.toml /etc/bender/templates/haproxy.cfg.tera
               /usr/share/doc/bender/README.md /usr/share/doc/bender/ARCHITECTURE.md
-              /usr/share/doc/bender/templates.md /usr/share/man/man1/bender.1.gz
+              /usr/share/doc/bender/templates.md /usr/share/doc/bender/security.md
+              /usr/share/man/man1/bender.1.gz
               /usr/share/bash-completion/completions/bender
               /usr/share/fish/vendor_completions.d/bender.fish)
 conffiles=(/etc/bender/bender.toml /etc/bender/templates/haproxy.cfg.tera)
@@ -209,6 +210,7 @@ for s in preinstall postinstall preuninstall postuninstall; do
 done
 expect_line "$work/rpm.scripts" 'useradd --system' "rpm %pre creates the bender system user"
 expect_line "$work/rpm.scripts" 'systemctl --no-reload preset bender.service' "rpm %post presets (does not start) the unit"
+expect_line "$work/rpm.scripts" '/etc/bender/tokens' "rpm %post generates the API tokens"
 rpm -qp --requires "$rpmf" 2>/dev/null >"$work/rpm.requires"
 expect_line "$work/rpm.requires" '^shadow-utils' "rpm Requires: shadow-utils"
 expect_line "$work/rpm.requires" '^libc\.so\.6' "rpm Requires: libc.so.6 (automatic)"
@@ -261,6 +263,23 @@ runuser -u bender -- test -w /etc/haproxy || fail "bender cannot write /etc/hapr
 ok "bender can write /etc/haproxy ($(stat -c '%U:%G %a' /etc/haproxy), dpkg-statoverride)"
 [ -L /etc/systemd/system/multi-user.target.wants/bender.service ] || fail "unit not enabled"
 ok "unit enabled (multi-user.target.wants symlink), not started"
+grep -q 'generated the admin API token in /etc/bender/tokens/admin' "$work/dpkg-i.log" \
+    || { cat "$work/dpkg-i.log" >&2; fail "dpkg -i did not say where the generated tokens are"; }
+[ "$(stat -c '%U:%G %a' /etc/bender/tokens)" = "root:bender 750" ] \
+    || fail "/etc/bender/tokens is $(stat -c '%U:%G %a' /etc/bender/tokens)"
+for scope in admin register; do
+    f=/etc/bender/tokens/$scope
+    [ "$(stat -c '%U:%G %a' "$f")" = "root:bender 640" ] || fail "$f is $(stat -c '%U:%G %a' "$f")"
+    grep -Eqx '[0-9a-f]{64}' "$f" || fail "$f does not hold one 64-hex-digit token"
+    runuser -u nobody -- cat "$f" >/dev/null 2>&1 && fail "another user can read $f"
+    runuser -u bender -- cat "$f" >/dev/null || fail "user bender cannot read $f"
+done
+[ "$(cat /etc/bender/tokens/admin)" != "$(cat /etc/bender/tokens/register)" ] || fail "the two tokens are the same"
+ok "admin and register tokens generated: root:bender 0640, 64 hex digits, unreadable to other users"
+admin_token=$(cat /etc/bender/tokens/admin)
+register_token=$(cat /etc/bender/tokens/register)
+ADMIN=(-H "Authorization: Bearer $admin_token")
+REGISTER=(-H "Authorization: Bearer $register_token")
 [ -f "$deb_unit" ] || fail "$deb_unit not installed"
 if systemd-analyze verify "$deb_unit" >"$work/verify.log" 2>&1; then
     ok "systemd-analyze verify $deb_unit"
@@ -312,25 +331,34 @@ ok "GET /health: $(cat "$work/health")"
 [ "$(awk '/^CapEff:/ {print $2}' /proc/"$agent_pid"/status)" = 0000000000000020 ] \
     || fail "the agent's effective capabilities are not exactly CAP_KILL"
 ok "the agent runs as user bender with CAP_KILL only"
-curl -fsS --max-time 5 -X POST "$API/registrations/web/1.0.0/127.0.0.1/8080" >/dev/null \
+code=$(curl -sS --max-time 5 -o "$work/refused" -w '%{http_code}' -X POST -H 'content-type: application/json' \
+    -d '{"name":"evil","app":"evil","version":"1"}' "$API/backends")
+[ "$code" = 401 ] && grep -q '"code":"UNAUTHORIZED"' "$work/refused" \
+    || fail "an unauthenticated POST /backends got $code: $(cat "$work/refused")"
+code=$(curl -sS --max-time 5 -o "$work/refused" -w '%{http_code}' -X POST "${REGISTER[@]}" \
+    -H 'content-type: application/json' -d '{"name":"evil","app":"evil","version":"1"}' "$API/backends")
+[ "$code" = 403 ] || fail "a register token's POST /backends got $code: $(cat "$work/refused")"
+grep -q 'API write refused.*client=127.0.0.1' "$work/agent.log" || fail "no log line for the refused writes"
+ok "writes without a token are 401, with too little scope 403, and logged with the client address"
+curl -fsS --max-time 5 -X POST "${REGISTER[@]}" "$API/registrations/web/1.0.0/127.0.0.1/8080" >/dev/null \
     || fail "POST /registrations/web/1.0.0/127.0.0.1/8080"
-regs=$(curl -fsS --max-time 5 "$API/registrations/web") || fail "GET /registrations/web"
+regs=$(curl -fsS --max-time 5 "${ADMIN[@]}" "$API/registrations/web") || fail "GET /registrations/web"
 grep -q '"port":8080' <<<"$regs" || fail "the registration is not listed by GET /registrations/web: $regs"
 ok "registration round trip through the packaged node"
 
 step "the node drives HAProxy: frontend 127.0.0.1:$FRONTEND_PORT -> the node's own API"
-json() { curl -fsS --max-time 5 -X "$1" -H 'content-type: application/json' -d "$3" "$API$2" >/dev/null; }
+json() { curl -fsS --max-time 5 -X "$1" "${ADMIN[@]}" -H 'content-type: application/json' -d "$3" "$API$2" >/dev/null; }
 json POST /backends '{"name":"check","app":"check","version":"1"}' || fail "POST /backends"
 json POST /frontends "{\"name\":\"check\",\"backend\":\"check\",\"bind\":\"127.0.0.1:$FRONTEND_PORT\"}" \
     || fail "POST /frontends"
 # The backend's one server is the node's API: a request through HAProxy comes back from /health.
 deadline=$((SECONDS + 30))
 until curl -fsS --max-time 1 "http://127.0.0.1:$FRONTEND_PORT/health" >"$work/through" 2>/dev/null; do
-    curl -fsS --max-time 2 -X POST "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
+    curl -fsS --max-time 2 -X POST "${REGISTER[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
         || fail "POST /registrations/check/1/127.0.0.1/1729"
     if [ "$SECONDS" -ge "$deadline" ]; then
         cat "$work/agent.log" "$work/haproxy.log" >&2
-        curl -sS --max-time 2 "$API/v1/status" >&2 || true
+        curl -sS --max-time 2 "${ADMIN[@]}" "$API/v1/status" >&2 || true
         fail "nothing served on 127.0.0.1:$FRONTEND_PORT within 30 s"
     fi
     sleep 0.5
@@ -359,7 +387,7 @@ json POST /frontends "{\"name\":\"check2\",\"backend\":\"check\",\"bind\":\"127.
 deadline=$((SECONDS + 30))
 until curl -fsS --max-time 1 "http://127.0.0.1:$FRONTEND_PORT2/health" >/dev/null 2>&1 \
     && grep -q 'applied a new config.*verified=true' "$work/agent.log"; do
-    curl -fsS --max-time 2 -X POST "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
+    curl -fsS --max-time 2 -X POST "${REGISTER[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
         || fail "POST /registrations/check/1/127.0.0.1/1729"
     if [ "$SECONDS" -ge "$deadline" ]; then
         cat "$work/agent.log" "$work/haproxy.log" >&2
@@ -397,6 +425,9 @@ DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" </dev/null >"$work/dpkg-i2.log" 2>
     || { cat "$work/dpkg-i2.log" >&2; fail "dpkg -i over an installed bender"; }
 grep -q '^# edited by check.sh$' /etc/bender/bender.toml || fail "reinstall replaced the edited conffile"
 ok "reinstall (postinst configure with the old version) kept the edited /etc/bender/bender.toml"
+[ "$(cat /etc/bender/tokens/admin)" = "$admin_token" ] && [ "$(cat /etc/bender/tokens/register)" = "$register_token" ] \
+    || fail "reinstall replaced the generated tokens"
+ok "reinstall kept the generated tokens"
 
 # --- Remove, then purge --------------------------------------------------------------------------
 step "dpkg --remove, then dpkg --purge"

@@ -564,6 +564,39 @@ mod tests {
         assert!(c.cluster_id_set);
     }
 
+    /// The packaged config is valid as shipped, and so is every commented-out example in it
+    /// (but the alternative `reload`/`vars` lines, of which only one may be active).
+    #[test]
+    fn the_packaged_config_and_its_commented_examples_are_valid() {
+        let text = include_str!("../packaging/bender.toml");
+        let c = load(text, Overrides::default()).unwrap();
+        assert_eq!(c.auth.tokens.len(), 2);
+        assert!(c.seeds.is_empty() && c.gossip_listen.ip().is_loopback());
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if (rest.starts_with('[') || rest.split(" = ").count() > 1)
+                        && !rest.starts_with("reload")
+                        && !rest.starts_with("vars")
+                        && !rest.starts_with(' ') =>
+                {
+                    rest.to_string()
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = load(&uncommented, Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(c.cluster_id, "prod");
+        assert_eq!(c.auth.tokens.len(), 3);
+        assert_eq!(c.auth.client_certs.len(), 1);
+        assert_eq!(c.registration.rules.len(), 1);
+        assert_eq!(c.compat.unauthenticated_register_from.len(), 1);
+        assert!(c.api.tls.is_some() && !c.auth.open_read_from.is_empty());
+    }
+
     #[test]
     fn flags_override_the_file() {
         let o = Overrides {

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,6 +157,8 @@ struct Inner {
     entity_lock: tokio::sync::Mutex<()>,
     /// Estimated clock offsets of peers (ms, peer - self), by node id.
     clock_offsets: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Records from peers refused because they do not decode or do not validate.
+    records_refused: AtomicU64,
 }
 
 /// A running node. Cheap to clone.
@@ -182,7 +185,7 @@ impl Node {
         if let Some(dir) = &config.data_dir {
             let now = hlc.now_ms();
             for (k, v) in snapshot::load(dir)? {
-                match registry::decode(&k, &v) {
+                match registry::decode_checked(&k, &v) {
                     Ok(record) => {
                         hlc.observe(record.stamp());
                         let d = registry::digest(v.as_bytes());
@@ -288,6 +291,7 @@ impl Node {
             push: Notify::new(),
             entity_lock: tokio::sync::Mutex::new(()),
             clock_offsets: Mutex::new(HashMap::new()),
+            records_refused: AtomicU64::new(0),
         });
         let (stop, stop_rx) = shutdown::channel();
         let tasks = vec![
@@ -549,6 +553,11 @@ impl Node {
         )
     }
 
+    /// Records from peers refused so far (undecodable, or values no client could write).
+    pub fn records_refused(&self) -> u64 {
+        self.inner.records_refused.load(Ordering::Relaxed)
+    }
+
     /// Keys in this node's own gossip keyspace (for status and the bounded-state tests).
     pub async fn own_key_count(&self) -> usize {
         self.inner
@@ -734,7 +743,7 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
     } in items
     {
         if registry::is_registry_key(&key) {
-            match registry::decode(&key, &value) {
+            match registry::decode_checked(&key, &value) {
                 Ok(record) => {
                     inner.hlc.observe(record.stamp());
                     changed |= local.registry.changes_view(&record, now);
@@ -743,7 +752,13 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                         .insert(record, registry::digest(value.as_bytes()));
                 }
                 Err(e) => {
-                    warn!(peer = %node, error = %e, "ignoring a record this version cannot read")
+                    // A flood of bad records must not flood the log: the first ten, then every
+                    // thousandth; the metric counts them all.
+                    let n = inner.records_refused.fetch_add(1, Ordering::Relaxed);
+                    if n < 10 || n % 1000 == 0 {
+                        warn!(peer = ?node, error = %e, refused = n + 1,
+                            "refusing a record from a peer (another version, or not a value a client could write)")
+                    }
                 }
             }
         } else if key == KEY_CLOCK {

@@ -101,6 +101,9 @@ pub enum CodecError {
         key: String,
         source: serde_json::Error,
     },
+    /// Well-formed, but a value no client could have written (checked like client input).
+    #[error("invalid value for key {key:?}: {reason}")]
+    Invalid { key: String, reason: String },
 }
 
 /// FNV-1a, a stable digest for the join's tie-break (std's hasher is not guaranteed stable).
@@ -189,6 +192,50 @@ pub fn decode(key: &str, value: &str) -> Result<Record, CodecError> {
         return Ok(Record::Frontend(name.to_string(), parse_value(key, value)?));
     }
     Err(CodecError::UnknownKey(key.to_string()))
+}
+
+/// Decodes a gossip record and checks it as the API checks what clients send: names, meta,
+/// and the structure of free-form lines (one line, no section keyword). A peer may run another
+/// version or be hostile; what fails is refused, never joined. (Whether free-form lines pass
+/// this node's allow-list is the render stage's decision.)
+pub fn decode_checked(key: &str, value: &str) -> Result<Record, CodecError> {
+    let invalid = |reason: String| CodecError::Invalid {
+        key: key.chars().take(128).collect(),
+        reason,
+    };
+    let record = decode(key, value)?;
+    match &record {
+        Record::Lease(_, lease) => {
+            crate::model::validate_meta(&lease.meta).map_err(|e| invalid(e.to_string()))?
+        }
+        Record::Backend(name, v) => {
+            crate::model::validate_name("name", name).map_err(|e| invalid(e.to_string()))?;
+            if let Some(b) = &v.value {
+                if &b.name != name {
+                    return Err(invalid(format!(
+                        "its name {:?} differs from its key",
+                        b.name
+                    )));
+                }
+                b.validate(crate::model::Snippets::Raw)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+        }
+        Record::Frontend(name, v) => {
+            crate::model::validate_name("name", name).map_err(|e| invalid(e.to_string()))?;
+            if let Some(f) = &v.value {
+                if &f.name != name {
+                    return Err(invalid(format!(
+                        "its name {:?} differs from its key",
+                        f.name
+                    )));
+                }
+                f.validate(crate::model::Snippets::Raw)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+        }
+    }
+    Ok(record)
 }
 
 /// A lease register plus the greatest deadline of any copy joined into it.
@@ -592,7 +639,51 @@ pub(crate) mod tests {
         x
     }
 
+    #[test]
+    fn decoded_records_are_checked_like_client_input() {
+        let stamp = r#"[1,0,"n"]"#;
+        let ok = format!(r#"{{"s":{stamp},"v":{{"name":"web","app":"web","version":"1"}}}}"#);
+        assert!(decode_checked("b:web", &ok).is_ok());
+        for (key, value) in [
+            ("b:other", ok.clone()),
+            (
+                "b:we b",
+                format!(r#"{{"s":{stamp},"v":{{"name":"we b","app":"web","version":"1"}}}}"#),
+            ),
+            (
+                "b:web",
+                format!(
+                    r#"{{"s":{stamp},"v":{{"name":"web","app":"web","version":"1","extra":["a\nbackend x"]}}}}"#
+                ),
+            ),
+            (
+                "f:www",
+                format!(
+                    r#"{{"s":{stamp},"v":{{"name":"www","backend":"web","bind":"*:80","extra":["log-forward x"]}}}}"#
+                ),
+            ),
+            (
+                "r:web/1/10.0.0.1/80",
+                format!(r#"{{"s":{stamp},"d":5,"t":4,"m":{{"k":"%[x]"}}}}"#),
+            ),
+        ] {
+            let err = decode_checked(key, &value).unwrap_err();
+            assert!(matches!(err, CodecError::Invalid { .. }), "{key}: {err}");
+        }
+        // A deletion carries no value to check.
+        assert!(decode_checked("b:web", &format!(r#"{{"s":{stamp},"v":null}}"#)).is_ok());
+    }
+
     proptest! {
+        /// Whatever a peer sends, decoding and checking it returns an answer and never panics.
+        #[test]
+        fn decoding_any_record_never_panics(
+            key in prop_oneof![Just("b:web".to_string()), Just("r:a/b/c/1".to_string()), Just("f:x".to_string()), "\\PC{0,30}"],
+            value in "\\PC{0,200}",
+        ) {
+            let _ = decode_checked(&key, &value);
+        }
+
         #[test]
         fn merge_is_commutative(a in arb_registry(), b in arb_registry()) {
             prop_assert_eq!(joined(&a, &b), joined(&b, &a));

@@ -93,7 +93,7 @@ pub async fn run_with_reload(
     start_render(&render, &running_config, &node, &shutdown);
 
     let metrics = Arc::new(Metrics::new());
-    register_collectors(&metrics, dropped, render.clone());
+    register_collectors(&metrics, dropped, node.clone(), render.clone());
     let feeder = tokio::spawn(feed_metrics(
         node.clone(),
         metrics.clone(),
@@ -278,6 +278,7 @@ fn raise_fd_limit(config: &Config) {
 fn register_collectors(
     metrics: &Metrics,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    node: Node,
     render: SharedRender,
 ) {
     use prometheus_client::encoding::{
@@ -308,6 +309,15 @@ fn register_collectors(
         c.encode(enc.encode_descriptor(
             "gossip_dropped",
             "Gossip datagrams dropped because the sender is outside gossip_allow",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(node.records_refused());
+        c.encode(enc.encode_descriptor(
+            "gossip_records_refused",
+            "Records from peers refused: undecodable, or values no client could write",
             None,
             c.metric_type(),
         )?)

@@ -5,6 +5,25 @@ mkdir -p /var/lib/bender
 chown bender:bender /var/lib/bender
 chmod 0750 /var/lib/bender
 
+# API tokens, generated once and kept across upgrades: admin for operators (and the CLI run
+# as root, which reads it by default), register for app servers. Root and the bender group
+# may read them; no other user. Never regenerated over an existing file.
+install -d -m 0750 -o root -g bender /etc/bender/tokens
+for scope in admin register; do
+    f=/etc/bender/tokens/$scope
+    if [ ! -e "$f" ]; then
+        (
+            umask 077
+            od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$f.new"
+            echo >>"$f.new"
+        )
+        chown root:bender "$f.new"
+        chmod 0640 "$f.new"
+        mv "$f.new" "$f"
+        echo "bender: generated the $scope API token in $f (readable by root and group bender)"
+    fi
+done
+
 # HAProxy's runtime API socket belongs to group haproxy.
 if getent group haproxy >/dev/null; then
     usermod --append --groups haproxy bender || :

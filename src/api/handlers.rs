@@ -282,7 +282,7 @@ impl Api {
     }
 }
 
-fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
+pub(super) fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
     let port = model::parse_port("port", k.port)?;
     Ok(RegKey::new(k.app, k.version, k.host, port)?)
 }

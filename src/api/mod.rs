@@ -8,6 +8,7 @@
 //! is the same `{message, code}` shape from `error.rs`; every refusal is counted, and refused
 //! writes are logged with the client's address.
 
+mod check;
 mod error;
 mod handlers;
 mod routes;
@@ -30,6 +31,7 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+pub use check::check_request;
 pub use error::ApiError;
 pub use routes::{route, Kind, Op, PathKey};
 pub use server::{ConnInfo, Connections, Limits};
