@@ -18,7 +18,8 @@
 //! - [`api`]: the HTTP API (bender 0.2.1 routes and `/v1`), its server (TLS, timeouts, caps).
 //! - [`auth`]: tokens, client certificates, scopes, and the registration policy.
 //! - [`render`]: Tera templates rendered and applied to HAProxy.
-//! - [`config`], [`snapshot`], [`shutdown`]: configuration, local persistence, shutdown signal.
+//! - [`config`], [`snapshot`], [`shutdown`], [`supervise`]: configuration, local persistence,
+//!   the shutdown signal, supervision of tasks.
 //!
 //! See ARCHITECTURE.md for the invariants and why they hold.
 
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod render;
 pub mod shutdown;
 pub mod snapshot;
+pub mod supervise;
 pub mod transport;
 
 mod run;

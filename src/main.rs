@@ -60,6 +60,9 @@ fn main() -> ExitCode {
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
+    // Failpoints for the crash-safety tests (FAILPOINTS="name=action;..."); none are set in
+    // production, where each costs one lookup in an empty table.
+    let _failpoints = fail::FailScenario::setup();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("BENDER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -36,6 +36,7 @@ use crate::model::{Backend, Frontend, Invalid, RegKey, Snippets};
 use crate::registry::{self, Lease, LiveRegistration, Marker, Record, Registry, Versioned};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::snapshot;
+use crate::supervise::{self, Failures};
 
 /// Gossip key holding this node's API address.
 const KEY_API: &str = "n:api";
@@ -166,6 +167,8 @@ struct Inner {
 pub struct Node {
     inner: Arc<Inner>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Where the node's tasks (and the stages run beside it) report that they died.
+    failures: Failures,
     stop: Arc<ShutdownTrigger>,
     _listener: Arc<ListenerHandle>,
 }
@@ -294,10 +297,29 @@ impl Node {
             records_refused: AtomicU64::new(0),
         });
         let (stop, stop_rx) = shutdown::channel();
+        let failures = Failures::new();
         let tasks = vec![
-            tokio::spawn(view_task(inner.clone(), remote_rx, stop_rx.clone())),
-            tokio::spawn(push_task(inner.clone(), stop_rx)),
+            supervise::spawn(
+                "view",
+                &failures,
+                stop_rx.clone(),
+                view_task(inner.clone(), remote_rx, stop_rx.clone()),
+            ),
+            supervise::spawn(
+                "push",
+                &failures,
+                stop_rx.clone(),
+                push_task(inner.clone(), stop_rx.clone()),
+            ),
         ];
+        // chitchat's server ends on an error of its socket: gossip is then dead for good.
+        let gossip_ended = inner.handle.termination_watcher();
+        let gossip_failures = failures.clone();
+        supervise::spawn("gossip", &failures, stop_rx, async move {
+            if let Err(e) = gossip_ended.await {
+                gossip_failures.report(format!("gossip (chitchat) stopped: {e:#}"));
+            }
+        });
         info!(
             node_id = %config.node_id,
             gossip = %config.gossip_advertise,
@@ -309,6 +331,7 @@ impl Node {
         Ok(Node {
             inner,
             tasks: Arc::new(Mutex::new(tasks)),
+            failures,
             stop: Arc::new(stop),
             _listener: Arc::new(listener),
         })
@@ -325,6 +348,11 @@ impl Node {
         let _ = self.inner.handle.initiate_shutdown();
         let _ = self.inner.handle.termination_watcher().await;
         info!(node_id = %self.inner.config.node_id, "node stopped");
+    }
+
+    /// Failures of the node's tasks; the stages around the node report theirs here too.
+    pub fn failures(&self) -> &Failures {
+        &self.failures
     }
 
     pub fn config(&self) -> &Config {
@@ -650,6 +678,8 @@ async fn view_task(
                 }
             }
             _ = maintenance.tick() => {
+                // Test hook: FAILPOINTS=node.maintenance=panic kills this task.
+                fail::fail_point!("node.maintenance");
                 maintain(&inner).await;
                 save_snapshot(&inner, &mut snapshot_marker);
                 recompute = true;

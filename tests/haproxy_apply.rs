@@ -170,6 +170,7 @@ impl Rig {
                 "lb-1".into(),
                 bender::model::Snippets::AllowListed,
                 rx,
+                &bender::supervise::Failures::new(),
                 shutdown,
             )
         };

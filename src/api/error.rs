@@ -94,6 +94,10 @@ impl ApiError {
             "Request body must be application/json",
         )
     }
+    /// 503 from `/health`: a task of the node died, and the node is stopping.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "FAILED", message)
+    }
     pub fn not_ready(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", message)
     }

@@ -102,7 +102,10 @@ impl Api {
             )),
             Op::Status => ok(self.status()),
             Op::Events => Ok(self.events()),
-            Op::Health => ok(json!({"status": "ok"})),
+            Op::Health => match self.hooks.health.as_ref().map(|h| h()) {
+                Some(Err(failure)) => Err(ApiError::failed(failure)),
+                _ => ok(json!({"status": "ok"})),
+            },
             Op::Metrics => Ok(self.metrics_text()),
             Op::Ready => self.ready(),
         }

@@ -47,6 +47,7 @@ use crate::shutdown::Shutdown;
 /// Extra status the node's other stages contribute to `/v1/status` (e.g. the last applies).
 pub type StatusHook = Arc<dyn Fn() -> Value + Send + Sync>;
 /// A readiness condition another stage contributes to `/ready`: `Err(why)` when not ready.
+/// Also the shape of the liveness condition of `/health`: `Err(failure)` once a task died.
 pub type ReadyHook = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
 /// What the rest of the node plugs into the API.
@@ -55,6 +56,8 @@ pub struct Hooks {
     pub metrics: Arc<Metrics>,
     pub status: Option<StatusHook>,
     pub ready: Option<ReadyHook>,
+    /// `/health` fails (503 `FAILED`) while this says `Err`.
+    pub health: Option<ReadyHook>,
 }
 
 impl Hooks {
@@ -63,6 +66,7 @@ impl Hooks {
             metrics,
             status: None,
             ready: None,
+            health: None,
         }
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::cluster::NodeView;
 use crate::model::Snippets;
 use crate::shutdown::Shutdown;
+use crate::supervise::{self, Failures};
 
 pub use config::{
     validate_templates, ApplyConfig, ReloadConfig, ServerStateConfig, TemplateConfig,
@@ -89,6 +90,7 @@ pub fn spawn(
     node_id: String,
     snippets: Snippets,
     views: watch::Receiver<Arc<NodeView>>,
+    failures: &Failures,
     shutdown: Shutdown,
 ) -> RenderHandle {
     let status = Arc::new(Mutex::new(
@@ -99,7 +101,8 @@ pub fn spawn(
     ));
     let (done_tx, done) = watch::channel(());
     let worker = worker::Worker::new(settings, templates, node_id, snippets, status.clone());
-    tokio::spawn(async move {
+    // A worker that panics or ends while its stage runs is a failure of the node.
+    supervise::spawn("render", failures, shutdown.clone(), async move {
         worker.run(views, shutdown).await;
         drop(done_tx);
     });

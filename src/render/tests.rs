@@ -326,6 +326,7 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
         "lb-1".into(),
         Snippets::AllowListed,
         rx,
+        &crate::supervise::Failures::new(),
         shutdown,
     );
 
@@ -459,6 +460,7 @@ async fn a_render_error_is_counted_apart_from_applies() {
         "lb-1".into(),
         Snippets::AllowListed,
         rx,
+        &crate::supervise::Failures::new(),
         shutdown,
     );
     let s = wait_status(&handle, "the first apply", |s| s.ok).await;

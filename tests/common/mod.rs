@@ -267,9 +267,21 @@ impl Proc {
 
     /// Starts `bender agent` with `args`, its API at `api` (a base URL), without waiting.
     pub fn spawn(node_id: &str, api: String, gossip: SocketAddr, args: Vec<String>) -> Proc {
+        Self::spawn_with_env(node_id, api, gossip, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables (FAILPOINTS, say).
+    pub fn spawn_with_env(
+        node_id: &str,
+        api: String,
+        gossip: SocketAddr,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bender"))
             .arg("agent")
             .args(&args)
+            .envs(env.iter().copied())
             .env("BENDER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,21 +1,25 @@
 //! Wires the stages of one node together and runs them until shutdown: the node (gossip and
 //! registry), the HTTP API, the render stage, metrics, systemd readiness, and SIGHUP reloads.
+//! Every task is supervised (`crate::supervise`): the first one that dies stops the node, and
+//! `run` returns the failure, so that the process exits non-zero and systemd restarts it.
+
+mod collectors;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::api::{Hooks, Security};
 use crate::config::{Config, Overrides};
 use crate::hlc::SystemClock;
-use crate::metrics::{FnCollector, Metrics};
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::render::{RenderHandle, TemplateStatus};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::supervise;
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,9 @@ pub enum RunError {
     Credentials(String),
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A task of the node died (see the log); the node stopped.
+    #[error("stopped after a failure: {0}")]
+    Failed(String),
 }
 
 /// Where a reload (SIGHUP) reads the config from, and the requests to do so.
@@ -67,7 +74,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
 pub async fn run_with_reload(
     config: Config,
     reload: Option<Reload>,
-    shutdown: Shutdown,
+    external: Shutdown,
 ) -> Result<(), RunError> {
     let api_addr = config.api_listen;
     let security = Arc::new(Security::load(&config).map_err(RunError::Credentials)?);
@@ -85,6 +92,20 @@ pub async fn run_with_reload(
     let dropped = transport.dropped();
     let running_config = config.clone();
     let node = Node::start(config, Arc::new(SystemClock), &transport).await?;
+    let failures = node.failures().clone();
+    // One shutdown for every stage: the caller's, or the first failure of any task.
+    let (trigger, shutdown) = shutdown::channel();
+    {
+        let failures = failures.clone();
+        let mut external = external;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = external.wait() => {}
+                _ = failures.wait() => {}
+            }
+            trigger.trigger();
+        });
+    }
 
     let render: SharedRender = Arc::new(RwLock::new(RenderSlot {
         handle: None,
@@ -93,22 +114,33 @@ pub async fn run_with_reload(
     start_render(&render, &running_config, &node, &shutdown);
 
     let metrics = Arc::new(Metrics::new());
-    register_collectors(&metrics, dropped, node.clone(), render.clone());
-    let feeder = tokio::spawn(feed_metrics(
-        node.clone(),
-        metrics.clone(),
+    collectors::register_collectors(&metrics, dropped, node.clone(), render.clone());
+    let feeder = supervise::spawn(
+        "metrics",
+        &failures,
         shutdown.clone(),
-    ));
-    let notifier = tokio::spawn(notify_systemd_when_ready(node.clone(), shutdown.clone()));
+        collectors::feed_metrics(node.clone(), metrics.clone(), shutdown.clone()),
+    );
+    let notifier = supervise::spawn(
+        "systemd-notify",
+        &failures,
+        shutdown.clone(),
+        notify_systemd_when_ready(node.clone(), shutdown.clone()),
+    );
     let reloader = reload.map(|r| {
-        tokio::spawn(reload_loop(
-            r,
-            running_config,
-            node.clone(),
-            render.clone(),
-            security.clone(),
+        supervise::spawn(
+            "reload",
+            &failures,
             shutdown.clone(),
-        ))
+            reload_loop(
+                r,
+                running_config,
+                node.clone(),
+                render.clone(),
+                security.clone(),
+                shutdown.clone(),
+            ),
+        )
     });
 
     let mut hooks = Hooks::new(metrics);
@@ -130,22 +162,24 @@ pub async fn run_with_reload(
             )),
         }
     }));
+    let health_failures = failures.clone();
+    hooks.health = Some(Arc::new(move || match health_failures.get() {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }));
     info!(api = %bound, tls = security.tls_enabled(), "API listening");
-    let api = tokio::spawn(crate::api::serve(
-        node.clone(),
-        listener,
-        hooks,
-        security,
+    let api = supervise::spawn(
+        "api",
+        &failures,
         shutdown.clone(),
-    ));
+        crate::api::serve(node.clone(), listener, hooks, security, shutdown.clone()),
+    );
 
     let mut stop = shutdown;
     stop.wait().await;
     info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Err(e) = api.await {
-        error!(error = %e, "API task failed");
-    }
+    let _ = api.await;
     if let Some(r) = reloader {
         let _ = r.await;
     }
@@ -157,20 +191,21 @@ pub async fn run_with_reload(
     let _ = feeder.await;
     let _ = notifier.await;
     node.stop().await;
-    Ok(())
+    match failures.get() {
+        Some(f) => Err(RunError::Failed(f)),
+        None => Ok(()),
+    }
 }
 
-/// Starts (or restarts) the render stage for `config`'s templates.
+/// Starts the render stage for `config`'s templates (nothing if it has none). The stage stops
+/// on node shutdown or when a reload replaces it; it reports its death to the node's failures.
 fn start_render(render: &SharedRender, config: &Config, node: &Node, shutdown: &Shutdown) {
     let mut slot = render.write().expect("render lock");
-    if let Some(old) = slot.stop.take() {
-        old.trigger();
-    }
     slot.handle = None;
+    slot.stop = None;
     if config.templates.is_empty() {
         return;
     }
-    // The stage stops on node shutdown or when a reload replaces it.
     let (trigger, stage_shutdown) = shutdown::channel();
     let trigger = Arc::new(trigger);
     let forward = trigger.clone();
@@ -192,9 +227,26 @@ fn start_render(render: &SharedRender, config: &Config, node: &Node, shutdown: &
             crate::model::Snippets::AllowListed
         },
         node.views(),
+        node.failures(),
         stage_shutdown,
     ));
     slot.stop = Some(trigger);
+}
+
+/// Replaces the render stage: the running one finishes its apply in progress and stops before
+/// the new one starts, so two stages never apply at once.
+async fn restart_render(render: &SharedRender, config: &Config, node: &Node, shutdown: &Shutdown) {
+    let (old, stop) = {
+        let slot = render.read().expect("render lock");
+        (slot.handle.clone(), slot.stop.clone())
+    };
+    if let Some(stop) = stop {
+        stop.trigger();
+    }
+    if let Some(old) = old {
+        old.stopped().await;
+    }
+    start_render(render, config, node, shutdown);
 }
 
 /// Re-reads the config on request: a bad file is refused (the running config stays); a good
@@ -229,7 +281,7 @@ async fn reload_loop(
                 if !pending.is_empty() {
                     warn!(keys = ?pending, "config reload: these keys changed and take effect at the next restart");
                 }
-                start_render(&render, &new, &node, &shutdown);
+                restart_render(&render, &new, &node, &shutdown).await;
                 info!(templates = new.templates.len(), "config reloaded");
                 current = new;
             }
@@ -274,201 +326,8 @@ fn raise_fd_limit(config: &Config) {
     }
 }
 
-/// Metrics that other stages keep: read at scrape time.
-fn register_collectors(
-    metrics: &Metrics,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-    node: Node,
-    render: SharedRender,
-) {
-    use prometheus_client::encoding::{
-        DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet,
-    };
-    use prometheus_client::metrics::counter::ConstCounter;
-    use prometheus_client::metrics::gauge::ConstGauge;
-
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct TemplateLabels {
-        template: String,
-    }
-    impl TemplateLabels {
-        fn of(s: &TemplateStatus) -> Self {
-            TemplateLabels {
-                template: s.name.clone(),
-            }
-        }
-    }
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct ResultLabels {
-        template: String,
-        result: &'static str,
-    }
-
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(dropped.load(std::sync::atomic::Ordering::Relaxed));
-        c.encode(enc.encode_descriptor(
-            "gossip_dropped",
-            "Gossip datagrams dropped because the sender is outside gossip_allow",
-            None,
-            c.metric_type(),
-        )?)
-    })));
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(node.records_refused());
-        c.encode(enc.encode_descriptor(
-            "gossip_records_refused",
-            "Records from peers refused: undecodable, or values no client could write",
-            None,
-            c.metric_type(),
-        )?)
-    })));
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let all = statuses(&render);
-        let now = std::time::SystemTime::now();
-        {
-            let mut m = enc.encode_descriptor(
-                "applies",
-                "Attempts to put a changed config in place, by result",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for s in &all {
-                for (result, n) in [
-                    ("ok", s.applies.saturating_sub(s.failures)),
-                    ("error", s.failures),
-                ] {
-                    let labels = ResultLabels {
-                        template: s.name.clone(),
-                        result,
-                    };
-                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
-        type Count = fn(&TemplateStatus) -> u64;
-        let counters: [(&str, &str, Count); 3] = [
-            (
-                "reloads",
-                "Reloads sent to HAProxy, including those that put the last good config back",
-                |s| s.reloads,
-            ),
-            ("renders", "Renders done", |s| s.renders),
-            (
-                "render_errors",
-                "Renders that failed (a template error at render time)",
-                |s| s.render_errors,
-            ),
-        ];
-        for (name, help, count) in counters {
-            let mut m = enc.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for s in &all {
-                let labels = TemplateLabels::of(s);
-                ConstCounter::new(count(s)).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        type Spread = fn(&TemplateStatus) -> &crate::render::Durations;
-        let histograms: [(&str, &str, Spread); 2] = [
-            ("render_duration_seconds", "How long renders take", |s| {
-                &s.render_durations
-            }),
-            (
-                "validate_duration_seconds",
-                "How long `haproxy -c` takes",
-                |s| &s.check_durations,
-            ),
-        ];
-        for (name, help, spread) in histograms {
-            let mut m = enc.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Histogram,
-            )?;
-            for s in &all {
-                let labels = TemplateLabels::of(s);
-                let d = spread(s);
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    d.sum_seconds,
-                    d.count,
-                    &d.buckets,
-                    None,
-                )?;
-            }
-        }
-        type Pick = fn(&TemplateStatus) -> Option<f64>;
-        let gauges: [(&str, &str, Pick); 3] = [
-            (
-                "template_ok",
-                "1 when HAProxy runs the latest render of the template",
-                |s| Some(if s.ok { 1.0 } else { 0.0 }),
-            ),
-            ("last_render_seconds", "Duration of the last render", |s| {
-                s.last_render_seconds
-            }),
-            (
-                "last_validate_seconds",
-                "Duration of the last `haproxy -c`",
-                |s| s.last_check_seconds,
-            ),
-        ];
-        for (name, help, pick) in gauges {
-            let mut m = enc.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for s in &all {
-                if let Some(v) = pick(s) {
-                    let labels = TemplateLabels::of(s);
-                    ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "seconds_since_last_successful_apply",
-            "Time since the template's config was last applied successfully",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for s in &all {
-            if let Some(t) = s.last_success {
-                let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
-                let labels = TemplateLabels::of(s);
-                ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    })));
-}
-
-/// Counts events and keeps the gauges in step with the published view.
-async fn feed_metrics(node: Node, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
-    let mut events = node.subscribe_events();
-    let mut views = node.views();
-    metrics.record_view(&views.borrow_and_update());
-    loop {
-        tokio::select! {
-            e = events.recv() => match e {
-                Ok(event) => metrics.record_event(&event),
-                Err(RecvError::Lagged(n)) => warn!(missed = n, "metrics missed events"),
-                Err(RecvError::Closed) => return,
-            },
-            changed = views.changed() => {
-                if changed.is_err() { return; }
-                metrics.record_view(&views.borrow_and_update());
-            }
-            _ = shutdown.wait() => return,
-        }
-    }
-}
-
-/// Tells systemd (Type=notify) the node is ready once it has caught up; a no-op elsewhere.
+/// Tells systemd (Type=notify) the node is ready once it has caught up (a no-op elsewhere),
+/// then waits for shutdown: a supervised task that ends early is a failure.
 async fn notify_systemd_when_ready(node: Node, mut shutdown: Shutdown) {
     let mut views = node.views();
     tokio::select! {
@@ -479,6 +338,7 @@ async fn notify_systemd_when_ready(node: Node, mut shutdown: Shutdown) {
                 }
             }
         }
-        _ = shutdown.wait() => {}
+        _ = shutdown.wait() => return,
     }
+    shutdown.wait().await;
 }

@@ -1,0 +1,208 @@
+//! The metrics other stages keep (the render stage's apply status, gossip drops, refused peer
+//! records), read at scrape time, and the task that keeps the view gauges and event counters
+//! up to date.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::warn;
+
+use super::{statuses, SharedRender};
+use crate::metrics::{FnCollector, Metrics};
+use crate::node::Node;
+use crate::render::TemplateStatus;
+use crate::shutdown::Shutdown;
+
+/// Metrics that other stages keep: read at scrape time.
+pub(super) fn register_collectors(
+    metrics: &Metrics,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    node: Node,
+    render: SharedRender,
+) {
+    use prometheus_client::encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet,
+    };
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct TemplateLabels {
+        template: String,
+    }
+    impl TemplateLabels {
+        fn of(s: &TemplateStatus) -> Self {
+            TemplateLabels {
+                template: s.name.clone(),
+            }
+        }
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ResultLabels {
+        template: String,
+        result: &'static str,
+    }
+
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(dropped.load(std::sync::atomic::Ordering::Relaxed));
+        c.encode(enc.encode_descriptor(
+            "gossip_dropped",
+            "Gossip datagrams dropped because the sender is outside gossip_allow",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(node.records_refused());
+        c.encode(enc.encode_descriptor(
+            "gossip_records_refused",
+            "Records from peers refused: undecodable, or values no client could write",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let all = statuses(&render);
+        let now = std::time::SystemTime::now();
+        {
+            let mut m = enc.encode_descriptor(
+                "applies",
+                "Attempts to put a changed config in place, by result",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for s in &all {
+                for (result, n) in [
+                    ("ok", s.applies.saturating_sub(s.failures)),
+                    ("error", s.failures),
+                ] {
+                    let labels = ResultLabels {
+                        template: s.name.clone(),
+                        result,
+                    };
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        type Count = fn(&TemplateStatus) -> u64;
+        let counters: [(&str, &str, Count); 3] = [
+            (
+                "reloads",
+                "Reloads sent to HAProxy, including those that put the last good config back",
+                |s| s.reloads,
+            ),
+            ("renders", "Renders done", |s| s.renders),
+            (
+                "render_errors",
+                "Renders that failed (a template error at render time)",
+                |s| s.render_errors,
+            ),
+        ];
+        for (name, help, count) in counters {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for s in &all {
+                let labels = TemplateLabels::of(s);
+                ConstCounter::new(count(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        type Spread = fn(&TemplateStatus) -> &crate::render::Durations;
+        let histograms: [(&str, &str, Spread); 2] = [
+            ("render_duration_seconds", "How long renders take", |s| {
+                &s.render_durations
+            }),
+            (
+                "validate_duration_seconds",
+                "How long `haproxy -c` takes",
+                |s| &s.check_durations,
+            ),
+        ];
+        for (name, help, spread) in histograms {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for s in &all {
+                let labels = TemplateLabels::of(s);
+                let d = spread(s);
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    d.sum_seconds,
+                    d.count,
+                    &d.buckets,
+                    None,
+                )?;
+            }
+        }
+        type Pick = fn(&TemplateStatus) -> Option<f64>;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "template_ok",
+                "1 when HAProxy runs the latest render of the template",
+                |s| Some(if s.ok { 1.0 } else { 0.0 }),
+            ),
+            ("last_render_seconds", "Duration of the last render", |s| {
+                s.last_render_seconds
+            }),
+            (
+                "last_validate_seconds",
+                "Duration of the last `haproxy -c`",
+                |s| s.last_check_seconds,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for s in &all {
+                if let Some(v) = pick(s) {
+                    let labels = TemplateLabels::of(s);
+                    ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "seconds_since_last_successful_apply",
+            "Time since the template's config was last applied successfully",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for s in &all {
+            if let Some(t) = s.last_success {
+                let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
+                let labels = TemplateLabels::of(s);
+                ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    })));
+}
+
+/// Counts events and keeps the gauges in step with the published view.
+pub(super) async fn feed_metrics(node: Node, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    let mut events = node.subscribe_events();
+    let mut views = node.views();
+    metrics.record_view(&views.borrow_and_update());
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(event) => metrics.record_event(&event),
+                Err(RecvError::Lagged(n)) => warn!(missed = n, "metrics missed events"),
+                Err(RecvError::Closed) => return,
+            },
+            changed = views.changed() => {
+                if changed.is_err() { return; }
+                metrics.record_view(&views.borrow_and_update());
+            }
+            _ = shutdown.wait() => return,
+        }
+    }
+}
