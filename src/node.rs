@@ -85,6 +85,9 @@ pub enum WriteMode {
 /// A backend or a frontend: what the generic entity operations need to know.
 pub trait Entity: Clone + PartialEq + serde::Serialize + Send + Sync + 'static {
     const KIND: &'static str;
+    /// This write (the new value, or a deletion of `name`) as the render stage's preflight
+    /// check takes it.
+    fn change(name: &str, value: Option<Self>) -> crate::render::Change;
     fn name(&self) -> &str;
     fn validate(&self, snippets: Snippets) -> Result<(), Invalid>;
     fn slots(reg: &Registry) -> &BTreeMap<String, crdts::LWWReg<Versioned<Self>, Marker>>;
@@ -93,6 +96,9 @@ pub trait Entity: Clone + PartialEq + serde::Serialize + Send + Sync + 'static {
 
 impl Entity for Backend {
     const KIND: &'static str = "Backend";
+    fn change(name: &str, value: Option<Self>) -> crate::render::Change {
+        crate::render::Change::Backend(name.to_string(), value)
+    }
     fn name(&self) -> &str {
         &self.name
     }
@@ -109,6 +115,9 @@ impl Entity for Backend {
 
 impl Entity for Frontend {
     const KIND: &'static str = "Frontend";
+    fn change(name: &str, value: Option<Self>) -> crate::render::Change {
+        crate::render::Change::Frontend(name.to_string(), value)
+    }
     fn name(&self) -> &str {
         &self.name
     }

@@ -220,6 +220,15 @@ impl Rig {
         });
     }
 
+    /// Waits until requests reach both `a` and `b`.
+    fn wait_all_served_by_both(&self, a: &str, b: &str) {
+        wait_for(&format!("requests to reach {a} and {b}"), WAIT, || {
+            let seen: std::collections::BTreeSet<String> =
+                (0..10).filter_map(|_| served(self.port)).collect();
+            (seen.contains(a) && seen.contains(b)).then_some(())
+        });
+    }
+
     fn assert_serves(&self, name: &str) {
         for _ in 0..10 {
             assert_eq!(
@@ -385,23 +394,34 @@ fn a_broken_template_keeps_the_last_good_config() {
 }
 
 #[test]
-fn a_config_failing_the_check_is_never_loaded() {
+fn a_config_failing_the_check_for_no_entity_is_never_loaded() {
     let a = TestServer::start("a");
     let b = TestServer::start("b");
     let port = free_port();
-    let rig = Rig::start("check", port, view(port, "v1", &[(&a, "v1")]), fast(), None);
+    // A template that breaks its global section once a second server is live: HAProxy's alert
+    // points at no entity, so nothing can be left out to save the rest.
+    let tdir = TempDir::new("tpl-global");
+    let source = tdir.0.join("haproxy.cfg.tera");
+    let text = std::fs::read_to_string(DEFAULT_TEMPLATE).unwrap().replacen(
+        "global\n    master-worker",
+        "global\n    master-worker\n{%- if registrations | length > 1 %}\n    no-such-directive 1\n{%- endif %}",
+        1,
+    );
+    std::fs::write(&source, text).unwrap();
+    let rig = Rig::start(
+        "check",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        fast(),
+        Some(source),
+    );
     let before = rig.on_disk();
     let reloads = master_reloads(&rig.haproxy.master_socket).unwrap();
 
-    // A rule naming an ACL that was never defined passes bender's allow-list (every word of
-    // it is allowed), but not `haproxy -c`.
-    let mut bad = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
-    bad.view.backends.get_mut("web").unwrap().extra =
-        vec!["http-request deny if no_such_acl".into()];
-    rig.send(bad);
+    rig.send(view(port, "v1", &[(&a, "v1"), (&b, "v1")]));
     let err = wait_for("the check failure in status", WAIT, || rig.status().error);
     assert!(
-        err.contains("[ALERT]") && err.contains("no_such_acl"),
+        err.contains("[ALERT]") && err.contains("no-such-directive"),
         "{err}"
     );
     assert!(
@@ -421,10 +441,48 @@ fn a_config_failing_the_check_is_never_loaded() {
     rig.assert_serves("a");
     let s = rig.status();
     assert_eq!((s.reloads, s.failures, s.ok), (0, 1, false), "{s:?}");
+    assert!(s.excluded.is_empty(), "{s:?}");
+}
 
-    // The next good view goes through.
-    rig.apply(view(port, "v1", &[(&b, "v1")]));
-    rig.wait_all_served_by("b", 10);
+#[test]
+fn an_entity_haproxy_refuses_is_left_out_and_the_rest_is_applied() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let rig = Rig::start("blame", port, view(port, "v1", &[(&a, "v1")]), fast(), None);
+    // A peer's backend that passes bender's allow-list (every word of it is allowed) but not
+    // `haproxy -c` (the ACL was never defined), and at the same time a new server of web.
+    let mut nv = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
+    let mut other = backend("other", "v1");
+    other.app = "other".into();
+    other.extra = vec!["http-request deny if no_such_acl".into()];
+    nv.view.backends.insert("other".into(), other.clone());
+    rig.send(nv.clone());
+    rig.wait_all_served_by_both(&a.name, &b.name);
+    let s = rig.status();
+    assert!(s.ok && s.error.is_none(), "{s:?}");
+    assert_eq!(s.excluded.len(), 1, "{s:?}");
+    assert_eq!(
+        (s.excluded[0].kind, s.excluded[0].name.as_str()),
+        ("backend", "other")
+    );
+    assert!(s.excluded[0].reason.contains("no_such_acl"), "{s:?}");
+    assert!(!rig.on_disk().contains("backend other"));
+
+    // Once it is fixed, it is rendered again.
+    other.extra = vec![
+        "acl no_such_acl path /x".into(),
+        "http-request deny if no_such_acl".into(),
+    ];
+    nv.view.backends.insert("other".into(), other);
+    rig.send(nv);
+    wait_for("the fixed backend to be rendered", WAIT, || {
+        rig.on_disk().contains("backend other").then_some(())
+    });
+    wait_for("nothing left out", WAIT, || {
+        let s = rig.status();
+        (s.ok && s.excluded.is_empty()).then_some(())
+    });
 }
 
 #[test]

@@ -136,6 +136,17 @@ impl Api {
         }
     }
 
+    /// Refuses a write that would make HAProxy refuse a template's render (on a node that has
+    /// templates).
+    async fn preflight<E: Entity>(&self, name: &str, value: Option<E>) -> Result<()> {
+        let Some(hook) = &self.hooks.preflight else {
+            return Ok(());
+        };
+        hook(E::change(name, value))
+            .await
+            .map_err(|r| ApiError::invalid(format!("invalid {}: {}", r.field, r.message)))
+    }
+
     fn list<E: Entity>(&self) -> Result<Response> {
         ok(Value::Array(
             self.node
@@ -160,8 +171,14 @@ impl Api {
     ) -> Result<Response> {
         let entity: E = req.json()?;
         let name = entity.name().to_string();
+        let snippets = self.snippets_for(caller);
+        entity.validate(snippets)?;
+        if self.node.get::<E>(&name).is_some() {
+            return Err(ApiError::conflict(format!("{} already exists", E::KIND)));
+        }
+        self.preflight(&name, Some(entity.clone())).await?;
         self.node
-            .put(entity.clone(), WriteMode::Create, self.snippets_for(caller))
+            .put(entity.clone(), WriteMode::Create, snippets)
             .await?;
         let mut resp = json_reply(StatusCode::CREATED, &with_resource(&entity, E::KIND));
         let location = format!("/{}s/{}", E::KIND.to_ascii_lowercase(), name);
@@ -199,13 +216,20 @@ impl Api {
         merged.extend(body);
         let entity: E = serde_json::from_value(Value::Object(merged))
             .map_err(|e| ApiError::invalid(json_error(&e)))?;
+        let snippets = self.snippets_for(caller);
+        entity.validate(snippets)?;
+        self.preflight(name, Some(entity.clone())).await?;
         self.node
-            .put(entity.clone(), WriteMode::Update, self.snippets_for(caller))
+            .put(entity.clone(), WriteMode::Update, snippets)
             .await?;
         ok(with_resource(&entity, E::KIND))
     }
 
     async fn delete<E: Entity>(&self, name: &str) -> Result<Response> {
+        if self.node.get::<E>(name).is_none() {
+            return Err(ApiError::not_found(format!("{} not found", E::KIND)));
+        }
+        self.preflight::<E>(name, None).await?;
         self.node.delete::<E>(name).await?;
         no_content()
     }

@@ -50,6 +50,17 @@ pub type StatusHook = Arc<dyn Fn() -> Value + Send + Sync>;
 /// Also the shape of the liveness condition of `/health`: `Err(failure)` once a task died.
 pub type ReadyHook = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
+/// Checks an entity write against the render stage's templates before it is made (see
+/// `render::Preflight`): `Err` refuses it with HAProxy's words.
+pub type PreflightHook = Arc<
+    dyn Fn(
+            crate::render::Change,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), crate::render::Refusal>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// What the rest of the node plugs into the API.
 #[derive(Clone)]
 pub struct Hooks {
@@ -58,6 +69,7 @@ pub struct Hooks {
     pub ready: Option<ReadyHook>,
     /// `/health` fails (503 `FAILED`) while this says `Err`.
     pub health: Option<ReadyHook>,
+    pub preflight: Option<PreflightHook>,
 }
 
 impl Hooks {
@@ -67,6 +79,7 @@ impl Hooks {
             status: None,
             ready: None,
             health: None,
+            preflight: None,
         }
     }
 }

@@ -216,7 +216,24 @@ struct Screened<'a> {
     excluded: Vec<Excluded>,
 }
 
-fn screen(nv: &NodeView, snippets: Snippets) -> Screened<'_> {
+/// Entities this node keeps out of its renders because HAProxy refused them, with why, as long
+/// as their value is the one HAProxy refused (the digest of its JSON): a new value gets a new
+/// chance.
+pub type Quarantine = BTreeMap<super::sections::EntityRef, (u64, String)>;
+
+/// The digest a quarantined entity's value is recorded under.
+pub fn entity_digest<T: Serialize>(v: &T) -> u64 {
+    crate::registry::digest(serde_json::to_string(v).unwrap_or_default().as_bytes())
+}
+
+fn screen<'a>(nv: &'a NodeView, snippets: Snippets, quarantine: &Quarantine) -> Screened<'a> {
+    use super::sections::EntityRef;
+    let quarantined = |e: EntityRef, digest: u64| {
+        quarantine
+            .get(&e)
+            .filter(|(d, _)| *d == digest)
+            .map(|(_, why)| format!("HAProxy refused it: {why}"))
+    };
     let mut excluded = Vec::new();
     let mut exclude = |kind, name: &str, reason: String| {
         excluded.push(Excluded {
@@ -229,6 +246,8 @@ fn screen(nv: &NodeView, snippets: Snippets) -> Screened<'_> {
     for (name, b) in &nv.view.backends {
         let checked = if &b.name != name {
             Err(format!("its name {:?} differs from its key", b.name))
+        } else if let Some(why) = quarantined(EntityRef::Backend(name.clone()), entity_digest(b)) {
+            Err(why)
         } else {
             b.validate(snippets).map_err(|e| e.to_string())
         };
@@ -243,6 +262,8 @@ fn screen(nv: &NodeView, snippets: Snippets) -> Screened<'_> {
     for (name, f) in &nv.view.frontends {
         let checked = if &f.name != name {
             Err(format!("its name {:?} differs from its key", f.name))
+        } else if let Some(why) = quarantined(EntityRef::Frontend(name.clone()), entity_digest(f)) {
+            Err(why)
         } else {
             f.validate(snippets).map_err(|e| e.to_string())
         };
@@ -288,6 +309,17 @@ pub fn build(node_id: &str, nv: &NodeView, vars: &BTreeMap<String, String>) -> R
     build_screened(node_id, nv, vars, Snippets::AllowListed).0
 }
 
+/// [`build_screened`], also leaving out what `quarantine` holds.
+pub fn build_without(
+    node_id: &str,
+    nv: &NodeView,
+    vars: &BTreeMap<String, String>,
+    snippets: Snippets,
+    quarantine: &Quarantine,
+) -> (RenderContext, Vec<Excluded>) {
+    build_inner(node_id, nv, vars, snippets, quarantine)
+}
+
 /// Builds the context for one template from what of the node's view passes validation (free-form
 /// lines checked as `snippets` says), and says what was left out.
 pub fn build_screened(
@@ -296,7 +328,17 @@ pub fn build_screened(
     vars: &BTreeMap<String, String>,
     snippets: Snippets,
 ) -> (RenderContext, Vec<Excluded>) {
-    let screened = screen(nv, snippets);
+    build_inner(node_id, nv, vars, snippets, &Quarantine::new())
+}
+
+fn build_inner(
+    node_id: &str,
+    nv: &NodeView,
+    vars: &BTreeMap<String, String>,
+    snippets: Snippets,
+    quarantine: &Quarantine,
+) -> (RenderContext, Vec<Excluded>) {
+    let screened = screen(nv, snippets, quarantine);
     let by_app = group_by_app(&screened.registrations);
     let ctx = RenderContext {
         node: NodeCtx {

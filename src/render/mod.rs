@@ -14,12 +14,16 @@
 //! `template` (Tera and the `haproxy_quote` filter), `files` (atomic write and check),
 //! `reload` (reload methods and `show proc`), `worker` (the task: debounce, watch, apply).
 
+mod apply;
 mod config;
 mod context;
 mod durations;
 mod error;
 mod files;
+mod preflight;
 mod reload;
+pub mod sections;
+mod status;
 mod template;
 #[cfg(test)]
 mod tests;
@@ -44,8 +48,9 @@ pub use context::{
 };
 pub use durations::Durations;
 pub use error::RenderError;
+pub use preflight::{Change, Preflight, Refusal};
+pub use status::TemplateStatus;
 pub use template::haproxy_quote;
-pub use worker::TemplateStatus;
 
 /// A handle on the render task: cheap to clone, readable from any thread.
 #[derive(Debug, Clone)]
@@ -53,6 +58,7 @@ pub struct RenderHandle {
     status: Arc<Mutex<Vec<TemplateStatus>>>,
     /// Closed (its sender dropped) when the task has ended.
     done: watch::Receiver<()>,
+    preflight: Preflight,
 }
 
 impl RenderHandle {
@@ -77,6 +83,11 @@ impl RenderHandle {
     pub fn is_stopped(&self) -> bool {
         self.done.has_changed().is_err()
     }
+
+    /// Checks an entity write against this stage's templates before it is made.
+    pub fn preflight(&self) -> Preflight {
+        self.preflight.clone()
+    }
 }
 
 /// Starts the render/apply task. Nothing is rendered until the view is `ready`. Templates are
@@ -100,13 +111,34 @@ pub fn spawn(
             .collect::<Vec<_>>(),
     ));
     let (done_tx, done) = watch::channel(());
-    let worker = worker::Worker::new(settings, templates, node_id, snippets, status.clone());
+    let compiled = Arc::new(std::sync::RwLock::new(vec![None; templates.len()]));
+    let preflight = Preflight {
+        templates: templates.clone(),
+        compiled: compiled.clone(),
+        views: views.clone(),
+        node_id: node_id.clone(),
+        snippets,
+        settings: settings.clone(),
+        gate: Arc::new(tokio::sync::Semaphore::new(1)),
+    };
+    let worker = worker::Worker::new(
+        settings,
+        templates,
+        node_id,
+        snippets,
+        status.clone(),
+        compiled,
+    );
     // A worker that panics or ends while its stage runs is a failure of the node.
     supervise::spawn("render", failures, shutdown.clone(), async move {
         worker.run(views, shutdown).await;
         drop(done_tx);
     });
-    RenderHandle { status, done }
+    RenderHandle {
+        status,
+        done,
+        preflight,
+    }
 }
 
 /// Renders every template once from `nv` without writing anything: `(name, text)` in

@@ -4,143 +4,61 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use notify::Watcher as _;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::config::{ApplyConfig, ReloadConfig, TemplateConfig};
-use super::durations::Durations;
+use super::apply::Round;
+use super::config::{ApplyConfig, TemplateConfig};
+use super::context::Quarantine;
 use super::error::RenderError;
+use super::status::TemplateStatus;
 use super::template::Compiled;
-use super::{config_hash, context, files, reload, template};
+use super::{config_hash, files, template};
 use crate::cluster::NodeView;
 use crate::model::Snippets;
 use crate::shutdown::Shutdown;
 
-/// The state of one template as the status endpoint shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TemplateStatus {
-    pub name: String,
-    pub destination: PathBuf,
-    /// True when the template loads and what HAProxy runs is the latest render.
-    pub ok: bool,
-    /// The last failure to render or apply, until a later render is in place.
-    pub error: Option<String>,
-    /// Why the template file does not load (with file:line:column); the last version that
-    /// loaded keeps rendering until the file is fixed.
-    pub template_error: Option<String>,
-    /// Whether the template's directory is watched for edits.
-    pub watching: bool,
-    /// Entities and registrations this node left out of the last render because they fail its
-    /// validation (a peer running another version, a hostile peer, raw snippets this node does
-    /// not allow); the rest of the config is applied without them.
-    pub excluded: Vec<context::Excluded>,
-    /// FNV-1a of the config HAProxy is known to run (the last good one).
-    pub config_hash: Option<String>,
-    /// Renders done (every debounced change; most are identical and go no further).
-    pub renders: u64,
-    /// Attempts to put a changed config in place.
-    pub applies: u64,
-    /// Of those, the ones that failed (check, write, or reload).
-    pub failures: u64,
-    /// Renders that failed (a template error at render time), counted once per distinct error:
-    /// they never reach the apply step, so they are not among `applies`.
-    pub render_errors: u64,
-    /// Reloads sent to HAProxy, including those that put the last good config back.
-    pub reloads: u64,
-    /// How long the last render took (context, template, reading the current file).
-    pub last_render_seconds: Option<f64>,
-    /// How long the last validation (`haproxy -c`) took.
-    pub last_check_seconds: Option<f64>,
-    /// Every render's duration, for `/metrics` (not in the JSON status).
-    #[serde(skip)]
-    pub render_durations: Durations,
-    /// Every validation's duration, for `/metrics` (not in the JSON status).
-    #[serde(skip)]
-    pub check_durations: Durations,
-    #[serde(with = "humantime_serde")]
-    pub last_apply: Option<SystemTime>,
-    #[serde(with = "humantime_serde")]
-    pub last_success: Option<SystemTime>,
-}
-
-impl TemplateStatus {
-    pub(crate) fn new(cfg: &TemplateConfig) -> Self {
-        TemplateStatus {
-            name: cfg.name.clone(),
-            destination: cfg.destination.clone(),
-            ok: false,
-            error: None,
-            template_error: None,
-            watching: false,
-            excluded: Vec::new(),
-            config_hash: None,
-            renders: 0,
-            applies: 0,
-            failures: 0,
-            render_errors: 0,
-            reloads: 0,
-            last_render_seconds: None,
-            last_check_seconds: None,
-            render_durations: Durations::default(),
-            check_durations: Durations::default(),
-            last_apply: None,
-            last_success: None,
-        }
-    }
-}
-
 /// One template's working state.
-struct Slot {
-    cfg: TemplateConfig,
+pub(super) struct Slot {
+    pub(super) cfg: TemplateConfig,
     /// The source as an absolute path: what the directory watcher reports.
-    source: PathBuf,
+    pub(super) source: PathBuf,
     /// The last version of the template that parsed.
-    compiled: Option<Arc<Compiled>>,
+    pub(super) compiled: Option<Arc<Compiled>>,
     /// The config HAProxy is known to run: the file found at start, then each verified apply.
-    last_good: Option<Vec<u8>>,
+    pub(super) last_good: Option<Vec<u8>>,
     /// A render that failed to apply: retried only once its back-off has passed, so renewals
     /// do not make a bad config reload HAProxy again and again.
-    last_failed: Option<Failed>,
+    pub(super) last_failed: Option<Failed>,
+    /// Entities HAProxy refused in this template's render: left out until they change (or the
+    /// template does), so that the rest of the config keeps being applied.
+    pub(super) quarantine: Quarantine,
 }
 
 /// A render that failed to apply, and when it may be tried again.
 #[derive(Debug, Clone)]
-struct Failed {
-    hash: String,
-    retry_at: Instant,
+pub(super) struct Failed {
+    pub(super) hash: String,
+    pub(super) retry_at: Instant,
     /// Consecutive unconfirmed attempts of this render: each doubles the wait.
-    attempts: u32,
+    pub(super) attempts: u32,
     /// Whether the worker wakes at `retry_at` to try again: cleared once it has woken, so a
     /// retry that cannot run (the view not ready, a template that no longer renders) does
     /// not wake it again and again.
-    wake: bool,
+    pub(super) wake: bool,
 }
 
 /// The first wait before retrying a render whose reload had no verdict (the master did not
 /// answer, or not in time): that may pass on its own, so it is retried soon, then less often.
-const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How many times one apply leaves out the entities a failed check blamed and tries again.
+const MAX_QUARANTINE_ROUNDS: usize = 4;
 
-/// Why an apply failed, for the status, and whether the cause may pass on its own.
-struct ApplyFailure {
-    text: String,
-    /// No verdict from HAProxy (unreachable, not confirmed in time): retried with back-off.
-    /// Otherwise (the check or HAProxy rejected the config) only after `retry_failed_after`.
-    transient: bool,
-}
-
-impl From<String> for ApplyFailure {
-    fn from(text: String) -> Self {
-        ApplyFailure {
-            text,
-            transient: false,
-        }
-    }
-}
+/// The last version of each template that parsed, by template index.
+pub(crate) type SharedCompiled = Arc<std::sync::RwLock<Vec<Option<Arc<Compiled>>>>>;
 
 /// When the next apply is due: after a quiet period, or once the oldest change is too old.
 #[derive(Debug, Default)]
@@ -163,11 +81,13 @@ impl Debounce {
 }
 
 pub(crate) struct Worker {
-    settings: ApplyConfig,
-    node_id: String,
-    snippets: Snippets,
-    slots: Vec<Slot>,
-    status: Arc<Mutex<Vec<TemplateStatus>>>,
+    /// The templates that parsed, shared with the preflight check of writes.
+    pub(super) shared_compiled: SharedCompiled,
+    pub(super) settings: ApplyConfig,
+    pub(super) node_id: String,
+    pub(super) snippets: Snippets,
+    pub(super) slots: Vec<Slot>,
+    pub(super) status: Arc<Mutex<Vec<TemplateStatus>>>,
 }
 
 impl Worker {
@@ -177,6 +97,7 @@ impl Worker {
         node_id: String,
         snippets: Snippets,
         status: Arc<Mutex<Vec<TemplateStatus>>>,
+        shared_compiled: SharedCompiled,
     ) -> Self {
         let slots = templates
             .into_iter()
@@ -186,9 +107,11 @@ impl Worker {
                 compiled: None,
                 last_good: None,
                 last_failed: None,
+                quarantine: Quarantine::new(),
             })
             .collect();
         Worker {
+            shared_compiled,
             settings,
             node_id,
             snippets,
@@ -197,7 +120,7 @@ impl Worker {
         }
     }
 
-    fn set_status(&self, i: usize, f: impl FnOnce(&mut TemplateStatus)) {
+    pub(super) fn set_status(&self, i: usize, f: impl FnOnce(&mut TemplateStatus)) {
         let mut all = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = all.get_mut(i) {
             f(s);
@@ -295,7 +218,18 @@ impl Worker {
             let name = self.slots[i].cfg.name.clone();
             match loaded {
                 Ok(compiled) => {
-                    self.slots[i].compiled = Some(Arc::new(compiled));
+                    let compiled = Arc::new(compiled);
+                    if let Some(shared) = self
+                        .shared_compiled
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(i)
+                    {
+                        *shared = Some(compiled.clone());
+                    }
+                    self.slots[i].compiled = Some(compiled);
+                    // A new template may accept what the old one made HAProxy refuse.
+                    self.slots[i].quarantine.clear();
                     self.set_status(i, |s| {
                         if s.template_error.take().is_some() {
                             info!(template = %name, "render: template loads again");
@@ -388,209 +322,24 @@ impl Worker {
         }
     }
 
-    /// Renders template `i` and, if the output differs from the file, puts it in place.
+    /// Renders template `i` and, if the output differs from the file, puts it in place. When
+    /// the check refuses it for reasons it can pin on entities, those are left out and the rest
+    /// is tried again (up to [`MAX_QUARANTINE_ROUNDS`] times).
     async fn apply_one(&mut self, i: usize, nv: Arc<NodeView>) {
-        let Some(compiled) = self.slots[i].compiled.clone() else {
-            return; // Never loaded: the status already says why.
-        };
-        let name = self.slots[i].cfg.name.clone();
-        let dest = self.slots[i].cfg.destination.clone();
-        let node_id = self.node_id.clone();
-        let vars = self.slots[i].cfg.vars.clone();
-        let render_dest = dest.clone();
-        let snippets = self.snippets;
-        // Building the context, rendering and reading the current file are CPU and disk work:
-        // keep them off the reactor.
-        let render_started = Instant::now();
-        let rendered = tokio::task::spawn_blocking(move || {
-            let (ctx, excluded) = context::build_screened(&node_id, &nv, &vars, snippets);
-            let text = compiled.render(&ctx)?;
-            let current = files::read_current(&render_dest)?;
-            Ok::<_, RenderError>((text.into_bytes(), current, excluded))
-        })
-        .await;
-        let render_seconds = render_started.elapsed().as_secs_f64();
-        self.set_status(i, |s| {
-            s.renders += 1;
-            s.last_render_seconds = Some(render_seconds);
-            s.render_durations.observe(render_seconds);
-        });
-        let (bytes, current, excluded) = match rendered {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.render_failed(i, e.to_string()),
-            Err(e) => return self.render_failed(i, format!("rendering panicked: {e}")),
-        };
-        self.set_status(i, |s| {
-            if s.excluded != excluded {
-                for e in excluded.iter().filter(|e| !s.excluded.contains(e)) {
-                    // Names and reasons may come from a peer: Debug-quoted, never raw.
-                    warn!(template = %name, kind = e.kind, entity = ?e.name, reason = ?e.reason,
-                        "render: left out of the config (it fails this node's validation); the rest is applied");
+        for round in 0..=MAX_QUARANTINE_ROUNDS {
+            match self.apply_round(i, nv.clone()).await {
+                Round::Done => return,
+                Round::Blamed(entities) if round < MAX_QUARANTINE_ROUNDS => {
+                    let name = self.slots[i].cfg.name.clone();
+                    for (e, why) in &entities {
+                        error!(template = %name, entity = %e, alert = ?why,
+                            "render: HAProxy refuses this entity; leaving it out of the config and applying the rest");
+                    }
+                    self.slots[i].quarantine.extend(entities);
                 }
-                s.excluded = excluded;
-            }
-        });
-        if current.as_deref() == Some(bytes.as_slice()) {
-            // Same bytes as on disk: nothing to write, nothing to reload.
-            self.slots[i].last_failed = None;
-            self.set_status(i, |s| {
-                if s.error.take().is_some() {
-                    info!(template = %name, "render: the config on disk is current again");
-                }
-            });
-            return;
-        }
-        let hash = config_hash(&bytes);
-        let attempts = match &self.slots[i].last_failed {
-            Some(f) if f.hash == hash && Instant::now() < f.retry_at => {
-                debug!(template = %name, hash = %hash, "render: skipping a render that failed recently");
-                return;
-            }
-            Some(f) if f.hash == hash => f.attempts,
-            _ => 0,
-        };
-        self.set_status(i, |s| {
-            s.applies += 1;
-            s.last_apply = Some(SystemTime::now());
-        });
-        let started = Instant::now();
-        match self.put_in_place(i, &bytes).await {
-            Ok(verified) => {
-                let slot = &mut self.slots[i];
-                slot.last_good = Some(bytes);
-                slot.last_failed = None;
-                info!(template = %name, destination = %dest.display(), hash = %hash,
-                    verified, elapsed_ms = started.elapsed().as_millis() as u64,
-                    "render: applied a new config");
-                if !verified {
-                    warn!(template = %name,
-                        "render: reload sent but not verified (no master socket configured)");
-                }
-                self.set_status(i, |s| {
-                    s.error = None;
-                    s.config_hash = Some(hash);
-                    s.last_success = Some(SystemTime::now());
-                });
-            }
-            Err(ApplyFailure { text, transient }) => {
-                let wait = if transient {
-                    FIRST_RETRY
-                        .saturating_mul(1 << attempts.min(16))
-                        .min(self.settings.retry_failed_after)
-                } else {
-                    self.settings.retry_failed_after
-                };
-                self.slots[i].last_failed = Some(Failed {
-                    hash: hash.clone(),
-                    retry_at: Instant::now() + wait,
-                    attempts: attempts + 1,
-                    wake: true,
-                });
-                error!(template = %name, destination = %dest.display(), hash = %hash,
-                    error = %text, retry_in = %humantime::format_duration(wait),
-                    "render: apply failed; the last good config keeps serving");
-                self.set_status(i, |s| {
-                    s.failures += 1;
-                    s.error = Some(text);
-                });
+                Round::Blamed(_) => return,
             }
         }
-    }
-
-    fn render_failed(&mut self, i: usize, text: String) {
-        let name = self.slots[i].cfg.name.clone();
-        self.set_status(i, |s| {
-            // Renewals re-render constantly: log a failure once, not on every render.
-            if s.error.as_deref() != Some(&text) {
-                error!(template = %name, error = %text,
-                    "render: cannot render; the last good config keeps serving");
-                s.render_errors += 1;
-            }
-            s.error = Some(text);
-        });
-    }
-
-    /// Check, write, reload, verify; on a failed reload, put the last good config back.
-    /// Returns whether the reload was verified, or why the apply failed.
-    async fn put_in_place(&mut self, i: usize, bytes: &[u8]) -> Result<bool, ApplyFailure> {
-        let cfg = self.slots[i].cfg.clone();
-        let dest = cfg.destination.clone();
-        let owned = bytes.to_vec();
-        let staged = tokio::task::spawn_blocking(move || files::Staged::write(&dest, &owned))
-            .await
-            .map_err(|e| format!("writing panicked: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let check_started = Instant::now();
-        let checked = files::check(
-            &cfg.check_command(),
-            staged.path(),
-            &cfg.destination,
-            self.settings.check_timeout,
-        )
-        .await;
-        let check_seconds = check_started.elapsed().as_secs_f64();
-        self.set_status(i, |s| {
-            s.last_check_seconds = Some(check_seconds);
-            s.check_durations.observe(check_seconds);
-        });
-        checked.map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || staged.commit())
-            .await
-            .map_err(|e| format!("renaming panicked: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let (reload_error, transient) = match self.reload(i).await {
-            Ok(verified) => return Ok(verified),
-            Err(e @ RenderError::Reload { rejected, .. }) => (e.to_string(), !rejected),
-            Err(e) => (e.to_string(), false),
-        };
-        let fail = |text: String| ApplyFailure { text, transient };
-        // HAProxy refused the file (a bind it cannot make, say). Its old worker still serves
-        // the old config; put that config back on disk so a restart does not pick up the bad
-        // one, and reload so the master leaves its failed state.
-        let Some(good) = self.slots[i].last_good.clone() else {
-            return Err(fail(format!(
-                "{reload_error}; no earlier config to restore, the new one stays on disk"
-            )));
-        };
-        let dest = cfg.destination.clone();
-        let restored = tokio::task::spawn_blocking(move || files::write_atomic(&dest, &good))
-            .await
-            .map_err(|e| format!("restoring panicked: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = restored {
-            return Err(fail(format!(
-                "{reload_error}; restoring the last good config failed too: {e}"
-            )));
-        }
-        let good_hash = self.slots[i]
-            .last_good
-            .as_deref()
-            .map(config_hash)
-            .unwrap_or_default();
-        match self.reload(i).await {
-            Ok(_) => Err(fail(format!(
-                "{reload_error}; restored the last good config ({good_hash}) and reloaded it"
-            ))),
-            Err(e) => Err(fail(format!(
-                "{reload_error}; restored the last good config ({good_hash}) but reloading it failed: {e}"
-            ))),
-        }
-    }
-
-    async fn reload(&mut self, i: usize) -> Result<bool, RenderError> {
-        let cfg = &self.slots[i].cfg;
-        if cfg.reload == ReloadConfig::None {
-            return Ok(true);
-        }
-        if let Some(state) = &cfg.server_state {
-            if let Err(e) = reload::save_server_state(state).await {
-                // Not fatal: the new worker then starts with every server assumed up.
-                warn!(template = %cfg.name, error = %e, "render: cannot save server state before reload");
-            }
-        }
-        let reload_cfg = cfg.reload.clone();
-        self.set_status(i, |s| s.reloads += 1);
-        reload::reload(&reload_cfg, self.settings.reload_timeout).await
     }
 }
 

@@ -162,6 +162,16 @@ pub async fn run_with_reload(
             )),
         }
     }));
+    let preflight_render = render.clone();
+    hooks.preflight = Some(Arc::new(move |change| {
+        let handle = preflight_render.read().expect("render lock").handle.clone();
+        Box::pin(async move {
+            match handle {
+                Some(h) => h.preflight().check(&change).await,
+                None => Ok(()),
+            }
+        })
+    }));
     let health_failures = failures.clone();
     hooks.health = Some(Arc::new(move || match health_failures.get() {
         Some(f) => Err(f),

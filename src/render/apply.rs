@@ -1,0 +1,327 @@
+//! One apply of one template: render (leaving out what is quarantined), compare with the file,
+//! write a temp file, check it, rename it, reload HAProxy, verify, and put the last good config
+//! back when HAProxy refuses the new one. A check failure pinned on entities quarantines them
+//! and the rest is tried again (`Round::Blamed`).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::config::ReloadConfig;
+use super::error::RenderError;
+use super::sections::{self, EntityRef};
+use super::worker::{Failed, Worker, FIRST_RETRY};
+use super::{config_hash, context, files, reload};
+use crate::cluster::NodeView;
+
+/// Why an apply failed, for the status, and whether the cause may pass on its own.
+pub(super) struct ApplyFailure {
+    text: String,
+    /// No verdict from HAProxy (unreachable, not confirmed in time): retried with back-off.
+    /// Otherwise (the check or HAProxy rejected the config) only after `retry_failed_after`.
+    transient: bool,
+    /// What the check said, when the check is what refused the config.
+    check_output: Option<String>,
+}
+
+impl From<String> for ApplyFailure {
+    fn from(text: String) -> Self {
+        ApplyFailure {
+            text,
+            transient: false,
+            check_output: None,
+        }
+    }
+}
+
+/// How one render-and-apply ended.
+pub(super) enum Round {
+    /// Applied, refused, or nothing to do: the outcome is in the status.
+    Done,
+    /// The check refused it, and these entities are to blame: leave them out and try again.
+    Blamed(Vec<(EntityRef, (u64, String))>),
+}
+
+impl Worker {
+    /// One render-and-apply of template `i`.
+    pub(super) async fn apply_round(&mut self, i: usize, nv: Arc<NodeView>) -> Round {
+        let Some(compiled) = self.slots[i].compiled.clone() else {
+            return Round::Done; // Never loaded: the status already says why.
+        };
+        let name = self.slots[i].cfg.name.clone();
+        let dest = self.slots[i].cfg.destination.clone();
+        let node_id = self.node_id.clone();
+        let vars = self.slots[i].cfg.vars.clone();
+        let render_dest = dest.clone();
+        let snippets = self.snippets;
+        // Quarantined entities whose value changed get another chance.
+        self.slots[i].quarantine.retain(|e, (digest, _)| match e {
+            EntityRef::Backend(n) => {
+                nv.view.backends.get(n).map(context::entity_digest) == Some(*digest)
+            }
+            EntityRef::Frontend(n) => {
+                nv.view.frontends.get(n).map(context::entity_digest) == Some(*digest)
+            }
+        });
+        let quarantine = self.slots[i].quarantine.clone();
+        let view = nv.clone();
+        // Building the context, rendering and reading the current file are CPU and disk work:
+        // keep them off the reactor.
+        let render_started = Instant::now();
+        let rendered = tokio::task::spawn_blocking(move || {
+            let (ctx, excluded) =
+                context::build_without(&node_id, &view, &vars, snippets, &quarantine);
+            let text = compiled.render(&ctx)?;
+            let current = files::read_current(&render_dest)?;
+            Ok::<_, RenderError>((text.into_bytes(), current, excluded))
+        })
+        .await;
+        let render_seconds = render_started.elapsed().as_secs_f64();
+        self.set_status(i, |s| {
+            s.renders += 1;
+            s.last_render_seconds = Some(render_seconds);
+            s.render_durations.observe(render_seconds);
+        });
+        let (bytes, current, excluded) = match rendered {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.render_failed(i, e.to_string());
+                return Round::Done;
+            }
+            Err(e) => {
+                self.render_failed(i, format!("rendering panicked: {e}"));
+                return Round::Done;
+            }
+        };
+        self.set_status(i, |s| {
+            if s.excluded != excluded {
+                for e in excluded.iter().filter(|e| !s.excluded.contains(e)) {
+                    // Names and reasons may come from a peer: Debug-quoted, never raw.
+                    warn!(template = %name, kind = e.kind, entity = ?e.name, reason = ?e.reason,
+                        "render: left out of the config (it fails this node's validation); the rest is applied");
+                }
+                s.excluded = excluded;
+            }
+        });
+        if current.as_deref() == Some(bytes.as_slice()) {
+            // Same bytes as on disk: nothing to write, nothing to reload.
+            self.slots[i].last_failed = None;
+            self.set_status(i, |s| {
+                if s.error.take().is_some() {
+                    info!(template = %name, "render: the config on disk is current again");
+                }
+            });
+            return Round::Done;
+        }
+        let hash = config_hash(&bytes);
+        let attempts = match &self.slots[i].last_failed {
+            Some(f) if f.hash == hash && Instant::now() < f.retry_at => {
+                debug!(template = %name, hash = %hash, "render: skipping a render that failed recently");
+                return Round::Done;
+            }
+            Some(f) if f.hash == hash => f.attempts,
+            _ => 0,
+        };
+        self.set_status(i, |s| {
+            s.applies += 1;
+            s.last_apply = Some(SystemTime::now());
+        });
+        let started = Instant::now();
+        match self.put_in_place(i, &bytes).await {
+            Ok(verified) => {
+                let slot = &mut self.slots[i];
+                slot.last_good = Some(bytes);
+                slot.last_failed = None;
+                info!(template = %name, destination = %dest.display(), hash = %hash,
+                    verified, elapsed_ms = started.elapsed().as_millis() as u64,
+                    "render: applied a new config");
+                if !verified {
+                    warn!(template = %name,
+                        "render: reload sent but not verified (no master socket configured)");
+                }
+                self.set_status(i, |s| {
+                    s.error = None;
+                    s.config_hash = Some(hash);
+                    s.last_success = Some(SystemTime::now());
+                });
+                Round::Done
+            }
+            Err(ApplyFailure {
+                check_output: Some(output),
+                ..
+            }) if !self.blame(i, &nv, &bytes, &output).is_empty() => {
+                // Not counted as a failure: the rest is applied without what HAProxy refused.
+                self.set_status(i, |s| s.applies -= 1);
+                Round::Blamed(self.blame(i, &nv, &bytes, &output))
+            }
+            Err(ApplyFailure {
+                text, transient, ..
+            }) => {
+                let wait = if transient {
+                    FIRST_RETRY
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(self.settings.retry_failed_after)
+                } else {
+                    self.settings.retry_failed_after
+                };
+                self.slots[i].last_failed = Some(Failed {
+                    hash: hash.clone(),
+                    retry_at: Instant::now() + wait,
+                    attempts: attempts + 1,
+                    wake: true,
+                });
+                error!(template = %name, destination = %dest.display(), hash = %hash,
+                    error = %text, retry_in = %humantime::format_duration(wait),
+                    "render: apply failed; the last good config keeps serving");
+                self.set_status(i, |s| {
+                    s.failures += 1;
+                    s.error = Some(text);
+                });
+                Round::Done
+            }
+        }
+    }
+
+    /// The entities (not yet quarantined) that a failed check's alerts point at, each with the
+    /// alert that blames it.
+    fn blame(
+        &self,
+        i: usize,
+        nv: &NodeView,
+        bytes: &[u8],
+        output: &str,
+    ) -> Vec<(EntityRef, (u64, String))> {
+        let text = String::from_utf8_lossy(bytes);
+        let dest = self.slots[i].cfg.destination.display().to_string();
+        let backends = nv.view.backends.keys().cloned().collect();
+        let frontends = nv.view.frontends.keys().cloned().collect();
+        let mut out: Vec<(EntityRef, (u64, String))> = Vec::new();
+        for (alert, entities) in sections::blame(output, &dest, &text, &backends, &frontends) {
+            for e in entities {
+                if self.slots[i].quarantine.contains_key(&e) || out.iter().any(|(x, _)| *x == e) {
+                    continue;
+                }
+                let digest = match &e {
+                    EntityRef::Backend(n) => nv.view.backends.get(n).map(context::entity_digest),
+                    EntityRef::Frontend(n) => nv.view.frontends.get(n).map(context::entity_digest),
+                };
+                if let Some(d) = digest {
+                    out.push((e, (d, alert.trim().to_string())));
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn render_failed(&mut self, i: usize, text: String) {
+        let name = self.slots[i].cfg.name.clone();
+        self.set_status(i, |s| {
+            // Renewals re-render constantly: log a failure once, not on every render.
+            if s.error.as_deref() != Some(&text) {
+                error!(template = %name, error = %text,
+                    "render: cannot render; the last good config keeps serving");
+                s.render_errors += 1;
+            }
+            s.error = Some(text);
+        });
+    }
+
+    /// Check, write, reload, verify; on a failed reload, put the last good config back.
+    /// Returns whether the reload was verified, or why the apply failed.
+    async fn put_in_place(&mut self, i: usize, bytes: &[u8]) -> Result<bool, ApplyFailure> {
+        let cfg = self.slots[i].cfg.clone();
+        let dest = cfg.destination.clone();
+        let owned = bytes.to_vec();
+        let staged = tokio::task::spawn_blocking(move || files::Staged::write(&dest, &owned))
+            .await
+            .map_err(|e| format!("writing panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let check_started = Instant::now();
+        let checked = files::check(
+            &cfg.check_command(),
+            staged.path(),
+            &cfg.destination,
+            self.settings.check_timeout,
+        )
+        .await;
+        let check_seconds = check_started.elapsed().as_secs_f64();
+        self.set_status(i, |s| {
+            s.last_check_seconds = Some(check_seconds);
+            s.check_durations.observe(check_seconds);
+        });
+        checked.map_err(|e| {
+            let check_output = match &e {
+                RenderError::Check { output, .. } => Some(output.clone()),
+                _ => None,
+            };
+            ApplyFailure {
+                text: e.to_string(),
+                transient: false,
+                check_output,
+            }
+        })?;
+        tokio::task::spawn_blocking(move || staged.commit())
+            .await
+            .map_err(|e| format!("renaming panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let (reload_error, transient) = match self.reload(i).await {
+            Ok(verified) => return Ok(verified),
+            Err(e @ RenderError::Reload { rejected, .. }) => (e.to_string(), !rejected),
+            Err(e) => (e.to_string(), false),
+        };
+        let fail = |text: String| ApplyFailure {
+            text,
+            transient,
+            check_output: None,
+        };
+        // HAProxy refused the file (a bind it cannot make, say). Its old worker still serves
+        // the old config; put that config back on disk so a restart does not pick up the bad
+        // one, and reload so the master leaves its failed state.
+        let Some(good) = self.slots[i].last_good.clone() else {
+            return Err(fail(format!(
+                "{reload_error}; no earlier config to restore, the new one stays on disk"
+            )));
+        };
+        let dest = cfg.destination.clone();
+        let restored = tokio::task::spawn_blocking(move || files::write_atomic(&dest, &good))
+            .await
+            .map_err(|e| format!("restoring panicked: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = restored {
+            return Err(fail(format!(
+                "{reload_error}; restoring the last good config failed too: {e}"
+            )));
+        }
+        let good_hash = self.slots[i]
+            .last_good
+            .as_deref()
+            .map(config_hash)
+            .unwrap_or_default();
+        match self.reload(i).await {
+            Ok(_) => Err(fail(format!(
+                "{reload_error}; restored the last good config ({good_hash}) and reloaded it"
+            ))),
+            Err(e) => Err(fail(format!(
+                "{reload_error}; restored the last good config ({good_hash}) but reloading it failed: {e}"
+            ))),
+        }
+    }
+
+    async fn reload(&mut self, i: usize) -> Result<bool, RenderError> {
+        let cfg = &self.slots[i].cfg;
+        if cfg.reload == ReloadConfig::None {
+            return Ok(true);
+        }
+        if let Some(state) = &cfg.server_state {
+            if let Err(e) = reload::save_server_state(state).await {
+                // Not fatal: the new worker then starts with every server assumed up.
+                warn!(template = %cfg.name, error = %e, "render: cannot save server state before reload");
+            }
+        }
+        let reload_cfg = cfg.reload.clone();
+        self.set_status(i, |s| s.reloads += 1);
+        reload::reload(&reload_cfg, self.settings.reload_timeout).await
+    }
+}
