@@ -30,6 +30,8 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod hlc;
 pub mod metrics;
 pub mod model;

@@ -13,7 +13,12 @@ use super::config::ReloadConfig;
 use super::error::RenderError;
 use super::sections::{self, EntityRef};
 use super::worker::{Failed, Worker, FIRST_RETRY};
-use super::{config_hash, context, files, reload};
+use super::{config_hash, context, files, reload, stamp};
+
+/// The version a config carries (its stamp), or its hash when it has none.
+pub(super) fn version_of(bytes: &[u8]) -> String {
+    stamp::of_file(&String::from_utf8_lossy(bytes)).unwrap_or_else(|| config_hash(bytes))
+}
 use crate::cluster::NodeView;
 
 /// Why an apply failed, for the status, and whether the cause may pass on its own.
@@ -74,8 +79,9 @@ impl Worker {
             let (ctx, excluded) =
                 context::build_without(&node_id, &view, &vars, snippets, &quarantine);
             let text = compiled.render(&ctx)?;
+            let (stamped, version) = stamp::stamp(&text);
             let current = files::read_current(&render_dest)?;
-            Ok::<_, RenderError>((text.into_bytes(), current, excluded))
+            Ok::<_, RenderError>((stamped.into_bytes(), version, current, excluded))
         })
         .await;
         let render_seconds = render_started.elapsed().as_secs_f64();
@@ -84,7 +90,7 @@ impl Worker {
             s.last_render_seconds = Some(render_seconds);
             s.render_durations.observe(render_seconds);
         });
-        let (bytes, current, excluded) = match rendered {
+        let (bytes, version, current, excluded) = match rendered {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.render_failed(i, e.to_string());
@@ -105,7 +111,16 @@ impl Worker {
                 s.excluded = excluded;
             }
         });
-        if current.as_deref() == Some(bytes.as_slice()) {
+        let hash = version;
+        // What HAProxy runs, as last seen (None: it cannot be asked, or runs no stamped config).
+        let running = self.slots[i].running.clone();
+        let same_file = current.as_deref() == Some(bytes.as_slice());
+        if same_file && running.as_ref().is_some_and(|r| *r != hash) {
+            // The file is current but HAProxy runs something else: a crash between rename and
+            // reload, or a reload that did not take. Reload what is on disk.
+            return self.reload_only(i, hash, bytes).await;
+        }
+        if same_file {
             // Same bytes as on disk: nothing to write, nothing to reload.
             self.slots[i].last_failed = None;
             self.set_status(i, |s| {
@@ -115,7 +130,6 @@ impl Worker {
             });
             return Round::Done;
         }
-        let hash = config_hash(&bytes);
         let attempts = match &self.slots[i].last_failed {
             Some(f) if f.hash == hash && Instant::now() < f.retry_at => {
                 debug!(template = %name, hash = %hash, "render: skipping a render that failed recently");
@@ -129,11 +143,15 @@ impl Worker {
             s.last_apply = Some(SystemTime::now());
         });
         let started = Instant::now();
-        match self.put_in_place(i, &bytes).await {
+        match self.put_in_place(i, &bytes, &hash).await {
             Ok(verified) => {
+                self.keep_last_good(i, &bytes, verified).await;
                 let slot = &mut self.slots[i];
                 slot.last_good = Some(bytes);
                 slot.last_failed = None;
+                if verified {
+                    slot.running = Some(hash.clone());
+                }
                 info!(template = %name, destination = %dest.display(), hash = %hash,
                     verified, elapsed_ms = started.elapsed().as_millis() as u64,
                     "render: applied a new config");
@@ -230,7 +248,12 @@ impl Worker {
 
     /// Check, write, reload, verify; on a failed reload, put the last good config back.
     /// Returns whether the reload was verified, or why the apply failed.
-    async fn put_in_place(&mut self, i: usize, bytes: &[u8]) -> Result<bool, ApplyFailure> {
+    async fn put_in_place(
+        &mut self,
+        i: usize,
+        bytes: &[u8],
+        version: &str,
+    ) -> Result<bool, ApplyFailure> {
         let cfg = self.slots[i].cfg.clone();
         let dest = cfg.destination.clone();
         let owned = bytes.to_vec();
@@ -238,6 +261,7 @@ impl Worker {
             .await
             .map_err(|e| format!("writing panicked: {e}"))?
             .map_err(|e| e.to_string())?;
+        crate::crash_point!("render.after_write");
         let check_started = Instant::now();
         let checked = files::check(
             &cfg.check_command(),
@@ -262,11 +286,13 @@ impl Worker {
                 check_output,
             }
         })?;
+        crate::crash_point!("render.after_check");
         tokio::task::spawn_blocking(move || staged.commit())
             .await
             .map_err(|e| format!("renaming panicked: {e}"))?
             .map_err(|e| e.to_string())?;
-        let (reload_error, transient) = match self.reload(i).await {
+        crate::crash_point!("render.after_rename");
+        let (reload_error, transient) = match self.reload(i, Some(version)).await {
             Ok(verified) => return Ok(verified),
             Err(e @ RenderError::Reload { rejected, .. }) => (e.to_string(), !rejected),
             Err(e) => (e.to_string(), false),
@@ -294,12 +320,18 @@ impl Worker {
                 "{reload_error}; restoring the last good config failed too: {e}"
             )));
         }
+        crate::crash_point!("render.after_restore");
         let good_hash = self.slots[i]
             .last_good
             .as_deref()
-            .map(config_hash)
+            .map(version_of)
             .unwrap_or_default();
-        match self.reload(i).await {
+        // An unstamped config (one from before bender stamped them) cannot be checked for.
+        let good_stamp = self.slots[i]
+            .last_good
+            .as_deref()
+            .and_then(|g| stamp::of_file(&String::from_utf8_lossy(g)));
+        match self.reload(i, good_stamp.as_deref()).await {
             Ok(_) => Err(fail(format!(
                 "{reload_error}; restored the last good config ({good_hash}) and reloaded it"
             ))),
@@ -309,8 +341,14 @@ impl Worker {
         }
     }
 
-    async fn reload(&mut self, i: usize) -> Result<bool, RenderError> {
-        let cfg = &self.slots[i].cfg;
+    /// Reloads HAProxy as configured and, where HAProxy can be asked (`reload::probe_of`),
+    /// waits until it runs `expect`. Returns whether the outcome was verified.
+    pub(super) async fn reload(
+        &mut self,
+        i: usize,
+        expect: Option<&str>,
+    ) -> Result<bool, RenderError> {
+        let cfg = self.slots[i].cfg.clone();
         if cfg.reload == ReloadConfig::None {
             return Ok(true);
         }
@@ -320,8 +358,88 @@ impl Worker {
                 warn!(template = %cfg.name, error = %e, "render: cannot save server state before reload");
             }
         }
-        let reload_cfg = cfg.reload.clone();
         self.set_status(i, |s| s.reloads += 1);
-        reload::reload(&reload_cfg, self.settings.reload_timeout).await
+        let verified = reload::reload(&cfg.reload, self.settings.reload_timeout).await?;
+        crate::crash_point!("render.after_reload");
+        let (Some(expect), Some(probe)) = (expect, reload::probe_of(&cfg)) else {
+            return Ok(verified);
+        };
+        match reload::wait_for_version(&probe, expect, self.settings.reload_timeout).await {
+            Ok(()) => Ok(true),
+            Err((reason, rejected)) => Err(RenderError::Reload {
+                method: "version check",
+                reason,
+                rejected,
+            }),
+        }
+    }
+
+    /// Reloads the config already on disk (HAProxy runs another one) and verifies it.
+    async fn reload_only(&mut self, i: usize, version: String, bytes: Vec<u8>) -> Round {
+        if self.slots[i]
+            .last_failed
+            .as_ref()
+            .is_some_and(|f| f.hash == version && Instant::now() < f.retry_at)
+        {
+            return Round::Done; // Tried recently; its back-off wakes the worker.
+        }
+        let name = self.slots[i].cfg.name.clone();
+        warn!(template = %name, file = %version,
+            running = ?self.slots[i].running,
+            "render: HAProxy does not run the config on disk; reloading it");
+        self.set_status(i, |s| s.applies += 1);
+        match self.reload(i, Some(&version)).await {
+            Ok(verified) => {
+                self.keep_last_good(i, &bytes, verified).await;
+                let slot = &mut self.slots[i];
+                slot.last_good = Some(bytes);
+                slot.last_failed = None;
+                slot.running = verified.then_some(version.clone());
+                info!(template = %name, hash = %version, verified, "render: HAProxy runs the config on disk again");
+                self.set_status(i, |s| {
+                    s.error = None;
+                    s.config_hash = Some(version);
+                    s.last_success = Some(SystemTime::now());
+                });
+            }
+            Err(e) => {
+                // Put the last good config back where it differs from the file, as a refused
+                // apply does; the next round finds the file current.
+                let text = e.to_string();
+                error!(template = %name, error = %text, "render: reloading the config on disk failed");
+                if let Some(good) = self.slots[i].last_good.clone().filter(|g| *g != bytes) {
+                    let dest = self.slots[i].cfg.destination.clone();
+                    let _ = tokio::task::spawn_blocking(move || files::write_atomic(&dest, &good))
+                        .await;
+                }
+                self.slots[i].last_failed = Some(Failed {
+                    hash: version,
+                    retry_at: Instant::now() + self.settings.retry_failed_after,
+                    attempts: 1,
+                    wake: true,
+                });
+                self.set_status(i, |s| {
+                    s.failures += 1;
+                    s.error = Some(text);
+                });
+            }
+        }
+        Round::Done
+    }
+
+    /// Keeps a copy of a config HAProxy was seen to run, beside the target, for a restarted
+    /// node to put back (only verified ones: an unverified reload may not have taken).
+    async fn keep_last_good(&self, i: usize, bytes: &[u8], verified: bool) {
+        if !verified {
+            return;
+        }
+        crate::crash_point!("render.before_keep");
+        let path = files::last_good_path(&self.slots[i].cfg.destination);
+        let owned = bytes.to_vec();
+        let kept = tokio::task::spawn_blocking(move || files::write_atomic(&path, &owned)).await;
+        if let Ok(Err(e)) = kept {
+            warn!(template = %self.slots[i].cfg.name, error = %e,
+                "render: cannot keep a copy of the applied config; a restart after a crash may have nothing to restore");
+        }
     }
 }

@@ -101,6 +101,11 @@ pub struct ApplyConfig {
     /// answer) is retried sooner: after 1 s, doubling up to this.
     #[serde(default = "default_retry_failed_after", with = "humantime_serde")]
     pub retry_failed_after: Duration,
+    /// How often HAProxy is asked which config it runs (where a master or stats socket is
+    /// configured): a stopped HAProxy, or one running another config than the file, is noticed
+    /// and reported (and the file reloaded) without waiting for the next change.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
 }
 
 fn default_debounce_quiet() -> Duration {
@@ -118,6 +123,9 @@ fn default_reload_timeout() -> Duration {
 fn default_retry_failed_after() -> Duration {
     Duration::from_secs(60)
 }
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
 
 impl Default for ApplyConfig {
     fn default() -> Self {
@@ -127,6 +135,7 @@ impl Default for ApplyConfig {
             check_timeout: default_check_timeout(),
             reload_timeout: default_reload_timeout(),
             retry_failed_after: default_retry_failed_after(),
+            probe_interval: default_probe_interval(),
         }
     }
 }
@@ -157,6 +166,12 @@ impl ApplyConfig {
                     humantime::format_duration(value).to_string()
                 ));
             }
+        }
+        if self.probe_interval < Duration::from_millis(100) || self.probe_interval > hour {
+            return Err(format!(
+                "apply.probe_interval = {:?} must be at least \"100ms\" and at most \"1h\"",
+                humantime::format_duration(self.probe_interval).to_string()
+            ));
         }
         if self.retry_failed_after < Duration::from_secs(1) || self.retry_failed_after > hour {
             return Err(format!(

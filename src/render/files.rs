@@ -101,6 +101,37 @@ impl Drop for Staged {
     }
 }
 
+/// Where the last config HAProxy was seen to run is kept, beside the target: what a restarted
+/// node puts back if HAProxy refuses the file it finds (a crash between rename and reload).
+pub(crate) fn last_good_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".to_string());
+    parent_dir(target).join(format!(".{name}.bender-last-good"))
+}
+
+/// Removes temp files an earlier bender process left beside `target` (it was killed between
+/// writing and renaming one): `.<name>.bender-*.tmp`. Returns how many.
+pub(crate) fn remove_stray(target: &Path) -> usize {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return 0;
+    };
+    let prefix = format!(".{name}.bender-");
+    let Ok(entries) = fs::read_dir(parent_dir(target)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes `bytes` over `target` atomically (used to put the last good config back).
 pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), RenderError> {
     Staged::write(target, bytes)?.commit()

@@ -23,6 +23,7 @@ mod files;
 mod preflight;
 mod reload;
 pub mod sections;
+mod stamp;
 mod status;
 mod template;
 #[cfg(test)]

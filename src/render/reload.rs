@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
-use super::config::{ReloadConfig, ServerStateConfig};
+use super::config::{ReloadConfig, ServerStateConfig, TemplateConfig};
 use super::error::RenderError;
 use super::files;
 
@@ -298,6 +298,94 @@ pub(crate) async fn reload(cfg: &ReloadConfig, timeout: Duration) -> Result<bool
             Err(Unconfirmed::Unknown(reason)) => Err(fail(reason)),
         },
         _ => Ok(false),
+    }
+}
+
+/// Where to ask HAProxy which config version it runs: the master CLI (`@1 show info`, the
+/// current worker) or the stats socket the server state is read from (`show info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    Master(std::path::PathBuf),
+    Stats(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Master(p) => write!(f, "the master CLI {}", p.display()),
+            Probe::Stats(p) => write!(f, "the stats socket {}", p.display()),
+        }
+    }
+}
+
+/// How to tell what a template's HAProxy runs, if the config gives a way.
+pub(crate) fn probe_of(cfg: &TemplateConfig) -> Option<Probe> {
+    match &cfg.reload {
+        ReloadConfig::None => None,
+        ReloadConfig::MasterSocket { socket } => Some(Probe::Master(socket.clone())),
+        ReloadConfig::Pidfile {
+            master_socket: Some(s),
+            ..
+        }
+        | ReloadConfig::Command {
+            master_socket: Some(s),
+            ..
+        } => Some(Probe::Master(s.clone())),
+        _ => cfg
+            .server_state
+            .as_ref()
+            .map(|s| Probe::Stats(s.socket.clone())),
+    }
+}
+
+/// The config version HAProxy runs (`None`: it runs a config without a bender stamp).
+pub(crate) async fn running_version(probe: &Probe) -> Result<Option<String>, String> {
+    let info = match probe {
+        Probe::Master(s) => cli(s, "@1 show info").await?,
+        Probe::Stats(s) => cli(s, "show info").await?,
+    };
+    if !info.contains("Pid:") {
+        return Err(format!(
+            "unexpected answer to \"show info\" from {probe}: {:?}",
+            info.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(super::stamp::of_info(&info))
+}
+
+/// Waits until HAProxy runs version `expected`. `Err((reason, rejected))`: `rejected` when
+/// HAProxy answered all along with another version (it did not take the new config).
+pub(crate) async fn wait_for_version(
+    probe: &Probe,
+    expected: &str,
+    timeout: Duration,
+) -> Result<(), (String, bool)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = running_version(probe).await;
+        match &last {
+            Ok(Some(v)) if v == expected => return Ok(()),
+            _ if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
+            Ok(v) => {
+                return Err((
+                    format!(
+                        "HAProxy still runs config {} after {}, not {expected} (asked {probe}); the previous config keeps serving",
+                        v.as_deref().unwrap_or("(unstamped)"),
+                        humantime::format_duration(timeout)
+                    ),
+                    true,
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    format!(
+                        "cannot tell which config HAProxy runs after {}: {e}",
+                        humantime::format_duration(timeout)
+                    ),
+                    false,
+                ))
+            }
+        }
     }
 }
 

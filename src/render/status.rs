@@ -27,8 +27,13 @@ pub struct TemplateStatus {
     /// validation (a peer running another version, a hostile peer, raw snippets this node does
     /// not allow); the rest of the config is applied without them.
     pub excluded: Vec<context::Excluded>,
-    /// FNV-1a of the config HAProxy is known to run (the last good one).
+    /// The version (stamp) of the config this template last put in place: what HAProxy
+    /// should run.
     pub config_hash: Option<String>,
+    /// The version HAProxy says it runs (`show info`), where it can be asked.
+    pub running_config: Option<String>,
+    /// Why HAProxy could not be asked (it is stopped, say), until it answers again.
+    pub haproxy_error: Option<String>,
     /// Renders done (every debounced change; most are identical and go no further).
     pub renders: u64,
     /// Attempts to put a changed config in place.
@@ -67,6 +72,8 @@ impl TemplateStatus {
             watching: false,
             excluded: Vec::new(),
             config_hash: None,
+            running_config: None,
+            haproxy_error: None,
             renders: 0,
             applies: 0,
             failures: 0,

@@ -346,7 +346,8 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
     }
     let burst = start.elapsed();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let expect = render_default(
+    // What is written is the render, stamped with its version.
+    let expect = super::stamp::stamp(&render_default(
         &{
             let mut nv = fixture(199);
             let key = RegKey::new("web", "v1", "10.1.0.1", 1199).unwrap();
@@ -356,7 +357,8 @@ async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
             nv
         },
         test_vars(&dir),
-    );
+    ))
+    .0;
     loop {
         if std::fs::read_to_string(&dest).ok().as_deref() == Some(expect.as_str()) {
             break;

@@ -10,13 +10,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::apply::version_of;
 use super::apply::Round;
 use super::config::{ApplyConfig, TemplateConfig};
 use super::context::Quarantine;
 use super::error::RenderError;
 use super::status::TemplateStatus;
 use super::template::Compiled;
-use super::{config_hash, files, template};
+use super::{files, reload, template};
 use crate::cluster::NodeView;
 use crate::model::Snippets;
 use crate::shutdown::Shutdown;
@@ -36,6 +37,8 @@ pub(super) struct Slot {
     /// Entities HAProxy refused in this template's render: left out until they change (or the
     /// template does), so that the rest of the config keeps being applied.
     pub(super) quarantine: Quarantine,
+    /// The config version HAProxy was last seen to run (None: unknown, or unstamped).
+    pub(super) running: Option<String>,
 }
 
 /// A render that failed to apply, and when it may be tried again.
@@ -108,6 +111,7 @@ impl Worker {
                 last_good: None,
                 last_failed: None,
                 quarantine: Quarantine::new(),
+                running: None,
             })
             .collect();
         Worker {
@@ -125,7 +129,14 @@ impl Worker {
         if let Some(s) = all.get_mut(i) {
             f(s);
             // Healthy: the template loads, nothing failed since, and a config is in place.
-            s.ok = s.error.is_none() && s.template_error.is_none() && s.config_hash.is_some();
+            // and HAProxy answers, running that config (when it can be asked).
+            s.ok = s.error.is_none()
+                && s.template_error.is_none()
+                && s.config_hash.is_some()
+                && s.haproxy_error.is_none()
+                && s.running_config
+                    .as_ref()
+                    .is_none_or(|r| Some(r) == s.config_hash.as_ref());
         }
     }
 
@@ -135,7 +146,14 @@ impl Worker {
         mut shutdown: Shutdown,
     ) {
         self.load_templates().await;
+        self.remove_stray_files().await;
         self.load_last_good().await;
+        // What HAProxy runs before the first apply: a crash between rename and reload left the
+        // file ahead of it, and the first apply must reload it.
+        self.probe_all().await;
+        let mut probes = tokio::time::interval(self.settings.probe_interval);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probes.tick().await;
         // Edits only mark the templates stale; they are re-read when the debounce fires, so an
         // editor's write-rename-chmod burst is read once, complete.
         let (edits_tx, mut edits) = mpsc::channel::<()>(1);
@@ -174,6 +192,13 @@ impl Worker {
                     debug!("render: a template changed on disk");
                     templates_stale = true;
                     debounce.mark(Instant::now());
+                }
+                _ = probes.tick() => {
+                    // HAProxy is watched on its own, not only at the next change: a restart with
+                    // another file, a reload that did not take, HAProxy gone.
+                    if self.probe_all().await && views.borrow().ready && deadline.is_none() {
+                        debounce.mark(Instant::now());
+                    }
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && deadline.is_none() => {
                     debug!("render: retrying a config that failed to apply");
@@ -251,21 +276,76 @@ impl Worker {
         }
     }
 
-    /// Takes what is on disk at start as the config HAProxy runs: the restore point.
+    /// Removes the temp files a killed bender left beside each destination.
+    async fn remove_stray_files(&mut self) {
+        for i in 0..self.slots.len() {
+            let dest = self.slots[i].cfg.destination.clone();
+            let removed = tokio::task::spawn_blocking(move || files::remove_stray(&dest))
+                .await
+                .unwrap_or(0);
+            if removed > 0 {
+                info!(template = %self.slots[i].cfg.name, removed,
+                    "render: removed temp files an earlier run left behind");
+            }
+        }
+    }
+
+    /// The restore point at start: the copy of the last config HAProxy was seen to run (kept
+    /// beside the destination), else what is on disk.
     async fn load_last_good(&mut self) {
         for i in 0..self.slots.len() {
             let dest = self.slots[i].cfg.destination.clone();
-            match tokio::task::spawn_blocking(move || files::read_current(&dest)).await {
-                Ok(Ok(current)) => {
-                    let hash = current.as_deref().map(config_hash);
-                    self.slots[i].last_good = current;
-                    self.set_status(i, |s| s.config_hash = hash);
+            let read = move || {
+                let kept = files::read_current(&files::last_good_path(&dest))?;
+                Ok::<_, RenderError>((kept, files::read_current(&dest)?))
+            };
+            match tokio::task::spawn_blocking(read).await {
+                Ok(Ok((kept, current))) => {
+                    let version = current.as_deref().map(version_of);
+                    self.slots[i].last_good = kept.or(current);
+                    self.set_status(i, |s| s.config_hash = version);
                 }
                 Ok(Err(e)) => warn!(template = %self.slots[i].cfg.name, error = %e,
                     "render: cannot read the current config; a failed apply will have nothing to restore"),
                 Err(e) => warn!(error = %e, "render: reading the current config panicked"),
             }
         }
+    }
+
+    /// Asks each template's HAProxy which config version it runs. Returns whether any runs
+    /// another version than the file the template last put in place.
+    async fn probe_all(&mut self) -> bool {
+        let mut stale = false;
+        for i in 0..self.slots.len() {
+            let Some(probe) = reload::probe_of(&self.slots[i].cfg) else {
+                continue;
+            };
+            let name = self.slots[i].cfg.name.clone();
+            match reload::running_version(&probe).await {
+                Ok(running) => {
+                    self.slots[i].running = running.clone();
+                    self.set_status(i, |s| {
+                        if s.haproxy_error.take().is_some() {
+                            info!(template = %name, running = ?running, "render: HAProxy answers again");
+                        }
+                        stale |= running.is_some() && running != s.config_hash;
+                        s.running_config = running;
+                    });
+                }
+                Err(e) => {
+                    self.slots[i].running = None;
+                    let text = format!("HAProxy does not answer on {probe}: {e}");
+                    self.set_status(i, |s| {
+                        if s.haproxy_error.as_deref() != Some(&text) {
+                            error!(template = %name, error = %text, "render: HAProxy does not answer; it may be stopped");
+                        }
+                        s.haproxy_error = Some(text);
+                        s.running_config = None;
+                    });
+                }
+            }
+        }
+        stale
     }
 
     /// Watches each template's directory (editors replace files by rename, which a watch on
