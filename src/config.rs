@@ -82,6 +82,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub compat: Option<CompatConfig>,
     #[serde(default)]
+    pub limits: Option<crate::limits::Limits>,
+    #[serde(default)]
     pub apply: Option<ApplyConfig>,
     #[serde(default, rename = "template")]
     pub templates: Vec<TemplateConfig>,
@@ -139,6 +141,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// Compatibility with bender 0.2.1 clients (`[compat]`).
     pub compat: CompatConfig,
+    /// How much the node takes on (`[limits]`).
+    pub limits: crate::limits::Limits,
     /// Whether `cluster_id` was set (rather than defaulted).
     pub cluster_id_set: bool,
     pub apply: ApplyConfig,
@@ -242,6 +246,7 @@ impl Config {
             auth: file.auth.unwrap_or_default(),
             registration: file.registration.unwrap_or_default(),
             compat: file.compat.unwrap_or_default(),
+            limits: file.limits.unwrap_or_default(),
             apply: file.apply.unwrap_or_default(),
             templates: file.templates,
         };
@@ -304,6 +309,7 @@ impl Config {
             limits(&self.api) != limits(&new.api),
             "api (timeouts and connection caps)",
         );
+        check(self.limits != new.limits, "limits");
         keys
     }
 
@@ -429,6 +435,9 @@ impl Config {
             }
         }
         self.api
+            .validate()
+            .map_err(|(key, value, expected)| invalid(key, value, expected))?;
+        self.limits
             .validate()
             .map_err(|(key, value, expected)| invalid(key, value, expected))?;
         self.apply

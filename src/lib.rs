@@ -33,6 +33,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod hlc;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -73,6 +73,16 @@ pub enum EntityError {
     Invalid(#[from] Invalid),
 }
 
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// A new registration past `[limits]`: (the key, the limit).
+    #[error("this node holds {1} registrations{0}, its limit (limits.max_registrations{2}); renewals still work")]
+    Limit(String, usize, &'static str),
+}
+
 /// How an entity write treats an existing entity of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -433,10 +443,11 @@ impl Node {
         key: RegKey,
         ttl: Option<Duration>,
         meta: BTreeMap<String, String>,
-    ) -> Result<LiveRegistration, Invalid> {
+    ) -> Result<LiveRegistration, RegisterError> {
         let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
         self.check_ttl(ttl)?;
         crate::model::validate_meta(&meta)?;
+        self.check_limits(&key)?;
         let stamp = self.inner.hlc.stamp();
         let now = self.inner.hlc.now_ms();
         let ttl_ms = ttl.as_millis() as u64;
@@ -449,6 +460,32 @@ impl Node {
         let live = lease.live_registration(&key);
         self.write(Record::Lease(key, lease)).await;
         Ok(live)
+    }
+
+    /// Refuses a registration the registry does not hold yet once `[limits]` are reached (a
+    /// renewal of one it holds always passes). Soft: concurrent writes may pass it by a few.
+    fn check_limits(&self, key: &RegKey) -> Result<(), RegisterError> {
+        let limits = &self.inner.config.limits;
+        let local = self.inner.local.lock().expect("local lock");
+        let r = &local.registry;
+        if r.leases.contains_key(key) {
+            return Ok(());
+        }
+        if r.leases.len() >= limits.max_registrations {
+            return Err(RegisterError::Limit(
+                String::new(),
+                limits.max_registrations,
+                "",
+            ));
+        }
+        if r.leases_of_app(&key.app) >= limits.max_registrations_per_app {
+            return Err(RegisterError::Limit(
+                format!(" of app {}", key.app),
+                limits.max_registrations_per_app,
+                "_per_app",
+            ));
+        }
+        Ok(())
     }
 
     /// Ends a lease now: a newer lease whose deadline has already passed.

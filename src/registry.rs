@@ -357,6 +357,20 @@ impl Registry {
         join_map(&mut self.frontends, other.frontends, |a, b| a.merge(b));
     }
 
+    /// How many leases of `app` the registry holds (live or not yet collected).
+    pub fn leases_of_app(&self, app: &str) -> usize {
+        let from = RegKey {
+            app: app.to_string(),
+            version: String::new(),
+            host: String::new(),
+            port: 0,
+        };
+        self.leases
+            .range(from..)
+            .take_while(|(k, _)| k.app == app)
+            .count()
+    }
+
     /// The greatest stamp anywhere in the registry (the HLC observes it).
     pub fn max_stamp(&self) -> Option<&Stamp> {
         let l = self.leases.values().map(|s| &s.reg.marker.0);

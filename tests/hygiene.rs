@@ -165,3 +165,40 @@ fn connections_past_the_caps_get_429_or_503_and_are_accepted_once_others_close()
     )
     .is_some_and(|n| n >= 1.0));
 }
+
+#[test]
+fn requests_past_the_in_flight_cap_and_streams_past_theirs_get_429() {
+    let c = TestCluster::start_with(
+        1,
+        &format!(
+            "{TEST_CONFIG}\n[api]\nbody_read_timeout = \"30s\"\n[limits]\nmax_requests_in_flight = 2\nmax_event_streams = 1\n"
+        ),
+    );
+    // Two requests whose bodies never finish hold both places.
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&c);
+            s.write_all(b"POST /v1/registrations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").unwrap();
+            s
+        })
+        .collect();
+    wait_until(DEADLINE, "a third request is refused", || {
+        let r = Http::new().get(&c.url(0, "/v1/members"));
+        r.status == 429 && r.body["code"] == "TOO_MANY_REQUESTS"
+    });
+    slow.clear();
+    wait_until(DEADLINE, "requests are served again", || {
+        Http::new().get(&c.url(0, "/v1/members")).status == 200
+    });
+    // One event stream at most.
+    let mut stream = connect(&c);
+    stream
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let r = Http::new().get(&c.url(0, "/v1/events"));
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.body["code"], "TOO_MANY_EVENT_STREAMS");
+}

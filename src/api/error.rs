@@ -6,7 +6,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::model::Invalid;
-use crate::node::EntityError;
+use crate::node::{EntityError, RegisterError};
 
 /// An error the API answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +118,17 @@ impl From<EntityError> for ApiError {
             EntityError::NotFound(kind) => ApiError::not_found(format!("{kind} not found")),
             EntityError::Conflict(kind) => ApiError::conflict(format!("{kind} already exists")),
             EntityError::Invalid(i) => i.into(),
+        }
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Invalid(i) => i.into(),
+            limit @ RegisterError::Limit(..) => {
+                ApiError::too_many("TOO_MANY_REGISTRATIONS", limit.to_string(), 5)
+            }
         }
     }
 }

@@ -101,7 +101,7 @@ impl Api {
                 self.node.members(),
             )),
             Op::Status => ok(self.status()),
-            Op::Events => Ok(self.events()),
+            Op::Events => self.events(),
             Op::Health => match self.hooks.health.as_ref().map(|h| h()) {
                 Some(Err(failure)) => Err(ApiError::failed(failure)),
                 _ => ok(json!({"status": "ok"})),
@@ -286,10 +286,22 @@ impl Api {
 
     /// Server-Sent Events: one event per change this node observes, until the client leaves or
     /// the node stops. A client that falls too far behind is told to re-list (`resync`).
-    fn events(&self) -> Response {
+    fn events(&self) -> Result<Response> {
+        let permit = self
+            .event_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::too_many(
+                "TOO_MANY_EVENT_STREAMS",
+                "this node has as many event streams open as it takes (limits.max_event_streams)",
+                5,
+            )
+            })?;
         let rx = self.node.subscribe_events();
         let mut stop = self.shutdown.clone();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        // The permit lives as long as the stream.
+        let stream = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
             let item = match rx.recv().await {
                 Ok(event) => warp::sse::Event::default()
                     .event(event.kind())
@@ -302,10 +314,10 @@ impl Api {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
-            Some((Ok::<_, Infallible>(item), rx))
+            Some((Ok::<_, Infallible>(item), (rx, permit)))
         })
         .take_until(Box::pin(async move { stop.wait().await }));
-        warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+        Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
     }
 }
 

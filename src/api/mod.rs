@@ -185,6 +185,9 @@ pub(crate) struct Api {
     connections: Arc<Connections>,
     body_read_timeout: Duration,
     refusal_log: Mutex<RefusalLog>,
+    /// Requests handled at once (`limits.max_requests_in_flight`), and event streams open.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    event_streams: Arc<tokio::sync::Semaphore>,
     shutdown: Shutdown,
 }
 
@@ -207,6 +210,7 @@ pub async fn serve(
     register_connection_metrics(&hooks.metrics, connections.clone());
     let max_body = node.config().max_body_bytes;
     let tls = security.tls.clone();
+    let limits = node.config().limits.clone();
     let state = Arc::new(Api {
         node,
         metrics: hooks.metrics.clone(),
@@ -215,6 +219,8 @@ pub async fn serve(
         connections: connections.clone(),
         body_read_timeout: api_config.body_read_timeout,
         refusal_log: Mutex::new(RefusalLog::default()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_requests_in_flight)),
+        event_streams: Arc::new(tokio::sync::Semaphore::new(limits.max_event_streams)),
         shutdown: shutdown.clone(),
     });
     let routes = warp::any()
@@ -233,17 +239,29 @@ pub async fn serve(
                   query: String,
                   headers: HeaderMap,
                   body| async move {
-                let (route, resp) = api
-                    .handle(
-                        &conn,
-                        &method,
-                        path.as_str(),
-                        &query,
-                        &headers,
-                        body,
-                        max_body,
-                    )
-                    .await;
+                // Past the cap, answer at once: a flood must not queue up work.
+                let (route, resp) = match api.in_flight.clone().try_acquire_owned() {
+                    Ok(_permit) => {
+                        api.handle(&conn, &method, path.as_str(), &query, &headers, body, max_body)
+                            .await
+                    }
+                    Err(_) => {
+                        api.metrics
+                            .api_refused
+                            .get_or_create(&RefusedLabels {
+                                reason: "too_many_requests",
+                            })
+                            .inc();
+                        (
+                            "busy",
+                            Err(ApiError::too_many(
+                                "TOO_MANY_REQUESTS",
+                                "this node is handling as many requests as it takes at once (limits.max_requests_in_flight); try again shortly",
+                                1,
+                            )),
+                        )
+                    }
+                };
                 let resp = resp.unwrap_or_else(Reply::into_response);
                 api.metrics
                     .api_requests

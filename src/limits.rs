@@ -1,0 +1,78 @@
+//! The `[limits]` table: how much a node takes on, so that a flood costs it bounded memory and
+//! work and is answered with 429 (and `Retry-After`), not with an outage.
+
+use serde::Deserialize;
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Registrations this node's API accepts in all (held in the registry: live ones, and
+    /// expired ones until `lease_gc_grace` collects them). Renewals of a registration that is
+    /// held are always accepted; a new one past the limit is 429.
+    #[serde(default = "default_max_registrations")]
+    pub max_registrations: usize,
+    /// The same, per app.
+    #[serde(default = "default_max_registrations_per_app")]
+    pub max_registrations_per_app: usize,
+    /// API requests handled at once (event streams aside); past it, 429.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Event streams (`/v1/events`) open at once; past it, 429.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
+}
+
+fn default_max_registrations() -> usize {
+    20_000
+}
+fn default_max_registrations_per_app() -> usize {
+    5_000
+}
+fn default_max_requests_in_flight() -> usize {
+    1_024
+}
+fn default_max_event_streams() -> usize {
+    256
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_registrations: default_max_registrations(),
+            max_registrations_per_app: default_max_registrations_per_app(),
+            max_requests_in_flight: default_max_requests_in_flight(),
+            max_event_streams: default_max_event_streams(),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every value; the error names the key and what is valid.
+    pub fn validate(&self) -> Result<(), (&'static str, String, String)> {
+        let check = |key: &'static str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                Err((key, v.to_string(), format!("between 1 and {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        check(
+            "limits.max_registrations",
+            self.max_registrations,
+            10_000_000,
+        )?;
+        check(
+            "limits.max_registrations_per_app",
+            self.max_registrations_per_app,
+            self.max_registrations,
+        )?;
+        check(
+            "limits.max_requests_in_flight",
+            self.max_requests_in_flight,
+            1_000_000,
+        )?;
+        check("limits.max_event_streams", self.max_event_streams, 100_000)?;
+        Ok(())
+    }
+}
