@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Backend, Frontend};
+use std::collections::BTreeMap;
+
+use crate::model::{Backend, Frontend, RegKey};
 use crate::registry::{LiveRegistration, View};
 
 /// One member of the cluster as this node sees it.
@@ -30,6 +32,23 @@ pub struct NodeView {
     /// False until the node has caught up with its peers (or the warm-up ran out): stages that
     /// act on the view (rendering HAProxy config) must wait for it.
     pub ready: bool,
+    /// Registrations the registry no longer has live that the isolation guard keeps serving
+    /// (`crate::guard`); rendered beside `view.registrations`.
+    pub held: BTreeMap<RegKey, LiveRegistration>,
+    /// Why the node is degraded (isolated, holding registrations); empty when it is not.
+    pub degraded: Vec<String>,
+}
+
+impl NodeView {
+    /// What is served: the live registrations and the held ones, sorted by key.
+    pub fn served(&self) -> impl Iterator<Item = (&RegKey, &LiveRegistration)> {
+        let mut all: BTreeMap<&RegKey, &LiveRegistration> =
+            self.view.registrations.iter().collect();
+        for (k, r) in &self.held {
+            all.entry(k).or_insert(r);
+        }
+        all.into_iter()
+    }
 }
 
 /// A node's view as JSON (`GET /v1/state`, and the state file `bender render --state` reads).
@@ -71,6 +90,7 @@ impl StateDump {
             view,
             members: self.members,
             ready: true,
+            ..Default::default()
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: Option<crate::limits::Limits>,
     #[serde(default)]
+    pub guard: Option<crate::guard::GuardConfig>,
+    #[serde(default)]
     pub apply: Option<ApplyConfig>,
     #[serde(default, rename = "template")]
     pub templates: Vec<TemplateConfig>,
@@ -143,6 +145,8 @@ pub struct Config {
     pub compat: CompatConfig,
     /// How much the node takes on (`[limits]`).
     pub limits: crate::limits::Limits,
+    /// What the node keeps serving when registrations vanish (`[guard]`).
+    pub guard: crate::guard::GuardConfig,
     /// Whether `cluster_id` was set (rather than defaulted).
     pub cluster_id_set: bool,
     pub apply: ApplyConfig,
@@ -247,6 +251,7 @@ impl Config {
             registration: file.registration.unwrap_or_default(),
             compat: file.compat.unwrap_or_default(),
             limits: file.limits.unwrap_or_default(),
+            guard: file.guard.unwrap_or_default(),
             apply: file.apply.unwrap_or_default(),
             templates: file.templates,
         };
@@ -310,6 +315,7 @@ impl Config {
             "api (timeouts and connection caps)",
         );
         check(self.limits != new.limits, "limits");
+        check(self.guard != new.guard, "guard");
         keys
     }
 
@@ -438,6 +444,9 @@ impl Config {
             .validate()
             .map_err(|(key, value, expected)| invalid(key, value, expected))?;
         self.limits
+            .validate()
+            .map_err(|(key, value, expected)| invalid(key, value, expected))?;
+        self.guard
             .validate()
             .map_err(|(key, value, expected)| invalid(key, value, expected))?;
         self.apply

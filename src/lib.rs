@@ -32,6 +32,7 @@ pub mod config;
 pub mod events;
 #[doc(hidden)]
 pub mod failpoint;
+pub mod guard;
 pub mod hlc;
 pub mod limits;
 pub mod metrics;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub backends: Gauge,
     pub frontends: Gauge,
     pub members: Family<MemberLabels, Gauge>,
+    pub held: Gauge,
+    pub degraded: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,7 +101,21 @@ impl Metrics {
             "Cluster members by state (live or dead), this node included",
             members.clone(),
         );
+        let held = Gauge::default();
+        registry.register(
+            "registrations_held",
+            "Registrations the isolation guard keeps serving though the registry no longer has them live",
+            held.clone(),
+        );
+        let degraded = Gauge::default();
+        registry.register(
+            "degraded",
+            "1 while the node is isolated or holds registrations (see /v1/status)",
+            degraded.clone(),
+        );
         Metrics {
+            held,
+            degraded,
             registry: Mutex::new(registry),
             api_requests,
             api_refused,
@@ -130,6 +146,8 @@ impl Metrics {
             .set(nv.view.registrations.len() as i64);
         self.backends.set(nv.view.backends.len() as i64);
         self.frontends.set(nv.view.frontends.len() as i64);
+        self.held.set(nv.held.len() as i64);
+        self.degraded.set(i64::from(!nv.degraded.is_empty()));
         let live = nv.members.iter().filter(|m| m.live).count() as i64;
         let dead = nv.members.len() as i64 - live;
         self.members

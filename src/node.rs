@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::{Member, NodeView};
 use crate::config::Config;
 use crate::events::{self, Event};
+use crate::guard::Guard;
 use crate::hlc::{Clock, Hlc};
 use crate::model::{Backend, Frontend, Invalid, RegKey, Snippets};
 use crate::registry::{self, Lease, LiveRegistration, Marker, Record, Registry, Versioned};
@@ -204,6 +205,9 @@ impl Node {
         let hlc = Hlc::new(config.node_id.clone(), clock);
         let mut local = Local::default();
         let mut initial: Vec<(String, String)> = Vec::new();
+        // Every lease of the snapshot, expired or not: the isolation guard serves them until
+        // their renewals arrive, so a whole-cluster restart does not empty the backends.
+        let mut restored: Vec<LiveRegistration> = Vec::new();
         if let Some(dir) = &config.data_dir {
             let now = hlc.now_ms();
             for (k, v) in snapshot::load(dir)? {
@@ -211,7 +215,10 @@ impl Node {
                     Ok(record) => {
                         hlc.observe(record.stamp());
                         let d = registry::digest(v.as_bytes());
-                        if let Record::Lease(_, lease) = &record {
+                        if let Record::Lease(key, lease) = &record {
+                            if lease.ttl_ms > 0 {
+                                restored.push(lease.live_registration(key));
+                            }
                             if !lease.is_live(now) {
                                 continue;
                             }
@@ -293,10 +300,13 @@ impl Node {
 
         // A node without peers to catch up with is ready from the start: nothing to wait for,
         // and answering "not ready" until the view task first runs would only be a race.
+        let mut guard = Guard::new();
+        guard.start_with(restored, hlc.now_ms(), &config.guard);
         let initial_view = NodeView {
             view: local.registry.view(hlc.now_ms()),
             members: Vec::new(),
             ready: !has_peers(&config),
+            ..Default::default()
         };
         let (views, _) = watch::channel(Arc::new(initial_view));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -322,7 +332,7 @@ impl Node {
                 "view",
                 &failures,
                 stop_rx.clone(),
-                view_task(inner.clone(), remote_rx, stop_rx.clone()),
+                view_task(inner.clone(), remote_rx, guard, stop_rx.clone()),
             ),
             supervise::spawn(
                 "push",
@@ -672,6 +682,7 @@ async fn push_task(inner: Arc<Inner>, mut stop: Shutdown) {
 async fn view_task(
     inner: Arc<Inner>,
     mut remote: mpsc::UnboundedReceiver<Received>,
+    mut guard: Guard,
     mut stop: Shutdown,
 ) {
     let started = Instant::now();
@@ -742,27 +753,65 @@ async fn view_task(
         if !recompute {
             continue;
         }
-        let view = {
+        // Isolated: peers configured, none live, once the node is ready (before that it
+        // renders nothing anyway).
+        let isolated = has_peers && ready && !members.iter().any(|m| !m.is_self && m.live);
+        let (view, step) = {
             let now = inner.hlc.now_ms();
             let local = inner.local.lock().expect("local lock");
-            sleep_until = local
+            let view = local.registry.view(now);
+            let deregistered = |k: &RegKey| {
+                local
+                    .registry
+                    .leases
+                    .get(k)
+                    .is_some_and(|s| s.reg.val.ttl_ms == 0)
+            };
+            let served_before: BTreeMap<RegKey, LiveRegistration> =
+                prev.served().map(|(k, r)| (k.clone(), r.clone())).collect();
+            let step = guard.step(
+                &served_before,
+                &view.registrations,
+                &deregistered,
+                isolated,
+                now,
+                &inner.config.guard,
+            );
+            let next = local
                 .registry
                 .next_deadline(now)
-                .map(|d| Instant::now() + Duration::from_millis(d - now))
+                .into_iter()
+                .chain(guard.next_release())
+                .min();
+            sleep_until = next
+                .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now)))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            local.registry.view(now)
+            (view, step)
         };
         for event in events::diff(&prev.view, &view) {
             log_event(&event);
             let _ = inner.events.send(event);
         }
-        let changed =
-            !same_shape(&prev.view, &view) || prev.members != members || prev.ready != ready;
+        if step.degraded != prev.degraded {
+            if step.degraded.is_empty() {
+                info!("guard: back to normal; nothing is held");
+            } else {
+                warn!(why = ?step.degraded, held = step.held.len(),
+                    "guard: degraded; serving registrations the registry no longer has live");
+            }
+        }
+        let changed = !same_shape(&prev.view, &view)
+            || prev.members != members
+            || prev.ready != ready
+            || prev.held.keys().ne(step.held.keys())
+            || prev.degraded != step.degraded;
         if changed {
             let next = Arc::new(NodeView {
                 view,
                 members: members.clone(),
                 ready,
+                held: step.held,
+                degraded: step.degraded,
             });
             inner.views.send_replace(next.clone());
             prev = next;

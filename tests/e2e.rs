@@ -26,11 +26,13 @@ struct Renewer {
     live: Arc<Mutex<BTreeSet<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    ttl: &'static str,
 }
 
 impl Renewer {
-    /// Renews with `token` (a `register` token: each app server registers its own address).
-    fn start(apis: Vec<String>, token: String) -> Renewer {
+    /// Renews with `token` (a `register` token: each app server registers its own address),
+    /// with leases of `ttl`.
+    fn start(apis: Vec<String>, token: String, ttl: &'static str) -> Renewer {
         let live: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (live.clone(), stop.clone());
@@ -52,28 +54,25 @@ impl Renewer {
             live,
             stop,
             thread: Some(thread),
+            ttl,
         }
     }
 
-    fn body(server: &TestServer, version: &str) -> String {
+    fn body(&self, server: &TestServer, version: &str) -> String {
         format!(
-            r#"{{"app":"web","version":"{version}","host":"{}","port":{},"ttl":"1500ms"}}"#,
-            server.ip, server.port
+            r#"{{"app":"web","version":"{version}","host":"{}","port":{},"ttl":"{}"}}"#,
+            server.ip, server.port, self.ttl
         )
     }
 
     fn add(&self, server: &TestServer, version: &str) {
-        self.live
-            .lock()
-            .unwrap()
-            .insert(Self::body(server, version));
+        let body = self.body(server, version);
+        self.live.lock().unwrap().insert(body);
     }
 
     fn remove(&self, server: &TestServer, version: &str) {
-        self.live
-            .lock()
-            .unwrap()
-            .remove(&Self::body(server, version));
+        let body = self.body(server, version);
+        self.live.lock().unwrap().remove(&body);
     }
 }
 
@@ -101,8 +100,17 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
+/// Three LB hosts, each with HAProxy and bender (the same tokens everywhere).
+struct Lbs {
+    // Field order is drop order: HAProxy, then the hosts (and their benders), then the files.
+    _haproxies: Vec<Haproxy>,
+    hosts: Hosts,
+    tokens: Tokens,
+    apis: Vec<String>,
+    _dirs: Vec<TempDir>,
+}
+
+fn start_lbs() -> Lbs {
     let mut hosts = Hosts::new(3);
     let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("e2e{i}"))).collect();
     let mut haproxies = Vec::new();
@@ -128,7 +136,6 @@ fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
         hosts.start_bender(i, &["--config".to_string(), config.display().to_string()]);
     }
     let tokens = tokens.expect("three hosts");
-    let http = Http::with_token(&tokens.admin);
     let apis: Vec<String> = (0..3).map(|i| hosts.url(i, "")).collect();
     for api in &apis {
         wait_until(WAIT, "every bender answers", || {
@@ -138,12 +145,26 @@ fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
         let r = Http::new().get(&format!("{api}/v1/members"));
         assert_eq!(r.status, 401, "{}", r.text);
     }
+    Lbs {
+        _haproxies: haproxies,
+        hosts,
+        tokens,
+        apis,
+        _dirs: dirs,
+    }
+}
+
+#[test]
+fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
+    let lbs = start_lbs();
+    let (hosts, tokens, apis) = (&lbs.hosts, &lbs.tokens, &lbs.apis);
+    let http = Http::with_token(&tokens.admin);
 
     // Two app servers of web@v1 register (and keep renewing through every host in turn).
     let bridge = hosts.bridge_ip();
     let a1 = TestServer::start_on(&bridge, "a1");
     let a2 = TestServer::start_on(&bridge, "a2");
-    let renewer = Renewer::start(apis.clone(), tokens.register.clone());
+    let renewer = Renewer::start(apis.clone(), tokens.register.clone(), "1500ms");
     renewer.add(&a1, "v1");
     renewer.add(&a2, "v1");
     // The backend and the frontend are created through two different hosts.
@@ -203,11 +224,86 @@ fn traffic_follows_registrations_and_a_blue_green_switch_on_every_host() {
     }
 
     // Every host reports its apply as good, and /ready says so.
-    for api in &apis {
+    for api in apis.iter() {
         let status = http.get(&format!("{api}/v1/status"));
         assert_eq!(status.body["templates"][0]["ok"], true, "{}", status.text);
         assert_eq!(http.get(&format!("{api}/ready")).status, 200);
     }
     drop(renewer);
-    drop(haproxies);
+    drop(lbs);
+}
+
+#[test]
+fn an_isolated_host_keeps_serving_every_server_then_follows_the_registry_again() {
+    let lbs = start_lbs();
+    let (hosts, tokens, apis) = (&lbs.hosts, &lbs.tokens, &lbs.apis);
+    let http = Http::with_token(&tokens.admin);
+    let r = http.post_json(
+        &format!("{}/backends", apis[0]),
+        r#"{"name":"web","app":"web","version":"v1"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = http.post_json(
+        &format!("{}/frontends", apis[0]),
+        &format!(r#"{{"name":"www","backend":"web","bind":"*:{FRONTEND_PORT}"}}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    // Two servers renew (default TTL, 4 s) through hosts 0 and 1 only.
+    let bridge = hosts.bridge_ip();
+    let a1 = TestServer::start_on(&bridge, "a1");
+    let a2 = TestServer::start_on(&bridge, "a2");
+    let renewer = Renewer::start(apis[..2].to_vec(), tokens.register.clone(), "4s");
+    renewer.add(&a1, "v1");
+    renewer.add(&a2, "v1");
+    let isolated = hosts.mgmt_ip(2);
+    wait_until(WAIT, "host 2 serves both servers", || {
+        answers(&isolated, 8) == set(&["a1", "a2"])
+    });
+
+    // Host 2 loses its peers for three TTLs: every lease it holds expires there, and it keeps
+    // serving both servers all along.
+    hosts.cluster_link(2, false);
+    let status = format!("{}/v1/status", apis[2]);
+    let cut = std::time::Instant::now();
+    let (mut served, mut failed, mut degraded) = (0, Vec::new(), false);
+    while cut.elapsed() < Duration::from_secs(12) {
+        match get_at(&isolated, FRONTEND_PORT) {
+            Ok(r) if r.status == 200 && (r.body == "a1" || r.body == "a2") => served += 1,
+            Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
+            Err(e) => failed.push(e.to_string()),
+        }
+        if served % 20 == 0 {
+            degraded |= http.get(&status).body["degraded"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, the first: {:?}",
+        failed.len(),
+        served + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(degraded, "host 2 said it was degraded");
+    let members = http.get(&format!("{}/v1/registrations", apis[2])).body;
+    assert_eq!(
+        members,
+        serde_json::json!([]),
+        "its registry let the leases expire"
+    );
+
+    // Healed: it follows the registry again. a2 stops renewing and host 2 drops it.
+    hosts.cluster_link(2, true);
+    wait_until(WAIT, "host 2 is no longer degraded", || {
+        http.get(&status).body["degraded"] == serde_json::json!([])
+    });
+    renewer.remove(&a2, "v1");
+    wait_until(
+        WAIT,
+        "host 2 drops the server that stopped renewing",
+        || answers(&isolated, 6) == set(&["a1"]),
+    );
+    drop(renewer);
+    drop(lbs);
 }

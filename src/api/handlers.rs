@@ -269,6 +269,8 @@ impl Api {
             "leases_held": leases,
             "backends": backends,
             "frontends": frontends,
+            "degraded": self.node.views().borrow().degraded.clone(),
+            "registrations_held": self.node.views().borrow().held.len(),
             "api": {
                 "tls": self.security.tls_enabled(),
                 "credentials": if self.security.guard().loopback_only() { "none (loopback only)" } else { "required" },

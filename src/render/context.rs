@@ -273,7 +273,7 @@ fn screen<'a>(nv: &'a NodeView, snippets: Snippets, quarantine: &Quarantine) -> 
         }
     }
     let mut registrations = Vec::new();
-    for (key, r) in &nv.view.registrations {
+    for (key, r) in nv.served() {
         let checked = if &r.key != key {
             Err("its key differs from the registration it holds".to_string())
         } else {

@@ -146,6 +146,7 @@ pub(crate) fn fixture(renewed_ms: u64) -> NodeView {
         view,
         members,
         ready: true,
+        ..Default::default()
     }
 }
 
