@@ -72,12 +72,23 @@ impl Worker {
         });
         let quarantine = self.slots[i].quarantine.clone();
         let view = nv.clone();
+        let resolver = self.resolver.clone();
         // Building the context, rendering and reading the current file are CPU and disk work:
         // keep them off the reactor.
         let render_started = Instant::now();
         let rendered = tokio::task::spawn_blocking(move || {
+            // Host names are rendered as addresses bender resolved: `haproxy -c` never waits on
+            // DNS. Names no registration uses any more are forgotten.
+            let resolve = |name: &str| resolver.address(name);
+            let names = context::Names::Resolved(&resolve);
             let (ctx, excluded) =
-                context::build_without(&node_id, &view, &vars, snippets, &quarantine);
+                context::build_without(&node_id, &view, &vars, snippets, &quarantine, &names);
+            let hosts: std::collections::BTreeSet<&str> = view
+                .served()
+                .map(|(k, _)| k.host.as_str())
+                .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+                .collect();
+            resolver.retain(&hosts);
             let text = compiled.render(&ctx)?;
             let (stamped, version) = stamp::stamp(&text);
             let current = files::read_current(&render_dest)?;

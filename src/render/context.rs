@@ -11,6 +11,7 @@
 //! fails is left out of the context and reported ([`Excluded`]), and the rest renders.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -131,12 +132,24 @@ pub fn sanitize_name(raw: &str) -> String {
         .collect()
 }
 
-fn server(reg: &LiveRegistration) -> ServerCtx {
+/// How a registration's host becomes the address of its `server` line.
+pub enum Names<'a> {
+    /// As written (`bender render`, docs, tests): HAProxy resolves names itself.
+    Verbatim,
+    /// Through bender's own resolver (the apply stage): a name without an address yet is
+    /// left out, so that `haproxy -c` never waits on DNS.
+    Resolved(&'a (dyn Fn(&str) -> Result<IpAddr, String> + Sync)),
+}
+
+fn server(reg: &LiveRegistration, resolved: Option<IpAddr>) -> ServerCtx {
     let k = &reg.key;
-    let address = if k.host.contains(':') {
-        format!("[{}]:{}", k.host, k.port)
+    let host = resolved
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| k.host.clone());
+    let address = if host.contains(':') {
+        format!("[{}]:{}", host, k.port)
     } else {
-        format!("{}:{}", k.host, k.port)
+        format!("{}:{}", host, k.port)
     };
     ServerCtx {
         name: sanitize_name(&format!("{}-{}-{}-{}", k.app, k.version, k.host, k.port)),
@@ -154,16 +167,16 @@ fn server(reg: &LiveRegistration) -> ServerCtx {
 
 /// Live registrations grouped by (app, version), each group sorted by (host, port). Built once
 /// per render: looking each backend's servers up in the whole view would be quadratic.
-type ByApp<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a LiveRegistration>>;
+type ByApp<'a> = BTreeMap<(&'a str, &'a str), Vec<(&'a LiveRegistration, Option<IpAddr>)>>;
 
-fn group_by_app<'a>(registrations: &[&'a LiveRegistration]) -> ByApp<'a> {
+fn group_by_app<'a>(registrations: &[(&'a LiveRegistration, Option<IpAddr>)]) -> ByApp<'a> {
     let mut groups: ByApp<'a> = BTreeMap::new();
     // The view is keyed by (app, version, host, port): each group comes out sorted.
-    for r in registrations.iter().copied() {
+    for (r, ip) in registrations.iter().copied() {
         groups
             .entry((r.key.app.as_str(), r.key.version.as_str()))
             .or_default()
-            .push(r);
+            .push((r, ip));
     }
     groups
 }
@@ -180,7 +193,7 @@ fn backend(by_app: &ByApp<'_>, b: &Backend) -> BackendCtx {
         extra: b.extra.clone(),
         servers: by_app
             .get(&(b.app.as_str(), b.version.as_str()))
-            .map(|regs| regs.iter().map(|r| server(r)).collect())
+            .map(|regs| regs.iter().map(|(r, ip)| server(r, *ip)).collect())
             .unwrap_or_default(),
     }
 }
@@ -212,7 +225,8 @@ fn frontend(backends: &BTreeMap<&str, &Backend>, f: &Frontend) -> FrontendCtx {
 struct Screened<'a> {
     backends: BTreeMap<&'a str, &'a Backend>,
     frontends: Vec<&'a Frontend>,
-    registrations: Vec<&'a LiveRegistration>,
+    /// With the address its host name resolved to (None: an IP, or names verbatim).
+    registrations: Vec<(&'a LiveRegistration, Option<IpAddr>)>,
     excluded: Vec<Excluded>,
 }
 
@@ -226,7 +240,12 @@ pub fn entity_digest<T: Serialize>(v: &T) -> u64 {
     crate::registry::digest(serde_json::to_string(v).unwrap_or_default().as_bytes())
 }
 
-fn screen<'a>(nv: &'a NodeView, snippets: Snippets, quarantine: &Quarantine) -> Screened<'a> {
+fn screen<'a>(
+    nv: &'a NodeView,
+    snippets: Snippets,
+    quarantine: &Quarantine,
+    names: &Names<'_>,
+) -> Screened<'a> {
     use super::sections::EntityRef;
     let quarantined = |e: EntityRef, digest: u64| {
         quarantine
@@ -281,8 +300,19 @@ fn screen<'a>(nv: &'a NodeView, snippets: Snippets, quarantine: &Quarantine) -> 
                 .and_then(|_| model::validate_meta(&r.meta))
                 .map_err(|e| e.to_string())
         };
-        match checked {
-            Ok(()) => registrations.push(r),
+        let resolved = match (checked, names) {
+            (Err(reason), _) => Err(reason),
+            (Ok(()), _) if key.host.parse::<IpAddr>().is_ok() => Ok(None),
+            (Ok(()), Names::Verbatim) => Ok(None),
+            (Ok(()), Names::Resolved(resolve)) => resolve(&key.host).map(Some).map_err(|why| {
+                format!(
+                    "host {} has no address (left out until it resolves): {why}",
+                    key.host
+                )
+            }),
+        };
+        match resolved {
+            Ok(ip) => registrations.push((r, ip)),
             Err(reason) => exclude("registration", &key.id(), reason),
         }
     }
@@ -316,8 +346,9 @@ pub fn build_without(
     vars: &BTreeMap<String, String>,
     snippets: Snippets,
     quarantine: &Quarantine,
+    names: &Names<'_>,
 ) -> (RenderContext, Vec<Excluded>) {
-    build_inner(node_id, nv, vars, snippets, quarantine)
+    build_inner(node_id, nv, vars, snippets, quarantine, names)
 }
 
 /// Builds the context for one template from what of the node's view passes validation (free-form
@@ -328,7 +359,14 @@ pub fn build_screened(
     vars: &BTreeMap<String, String>,
     snippets: Snippets,
 ) -> (RenderContext, Vec<Excluded>) {
-    build_inner(node_id, nv, vars, snippets, &Quarantine::new())
+    build_inner(
+        node_id,
+        nv,
+        vars,
+        snippets,
+        &Quarantine::new(),
+        &Names::Verbatim,
+    )
 }
 
 fn build_inner(
@@ -337,8 +375,9 @@ fn build_inner(
     vars: &BTreeMap<String, String>,
     snippets: Snippets,
     quarantine: &Quarantine,
+    names: &Names<'_>,
 ) -> (RenderContext, Vec<Excluded>) {
-    let screened = screen(nv, snippets, quarantine);
+    let screened = screen(nv, snippets, quarantine, names);
     let by_app = group_by_app(&screened.registrations);
     let ctx = RenderContext {
         node: NodeCtx {
@@ -369,7 +408,7 @@ fn build_inner(
         registrations: screened
             .registrations
             .iter()
-            .map(|r| RegistrationCtx {
+            .map(|(r, _)| RegistrationCtx {
                 id: r.key.id(),
                 app: r.key.app.clone(),
                 version: r.key.version.clone(),

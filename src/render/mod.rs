@@ -22,6 +22,7 @@ mod error;
 mod files;
 mod preflight;
 mod reload;
+mod resolve;
 pub mod sections;
 mod stamp;
 mod status;
@@ -113,6 +114,7 @@ pub fn spawn(
     ));
     let (done_tx, done) = watch::channel(());
     let compiled = Arc::new(std::sync::RwLock::new(vec![None; templates.len()]));
+    let resolver = resolve::Resolver::new();
     let preflight = Preflight {
         templates: templates.clone(),
         compiled: compiled.clone(),
@@ -121,6 +123,7 @@ pub fn spawn(
         snippets,
         settings: settings.clone(),
         gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        resolver: resolver.clone(),
     };
     let worker = worker::Worker::new(
         settings,
@@ -129,6 +132,7 @@ pub fn spawn(
         snippets,
         status.clone(),
         compiled,
+        resolver,
     );
     // A worker that panics or ends while its stage runs is a failure of the node.
     supervise::spawn("render", failures, shutdown.clone(), async move {

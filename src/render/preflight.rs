@@ -79,6 +79,8 @@ pub struct Preflight {
     pub(crate) settings: ApplyConfig,
     /// One check at a time: entity writes are rare, and each check is a process.
     pub(crate) gate: Arc<Semaphore>,
+    /// The apply stage's resolver: a write is checked with the addresses the apply renders.
+    pub(crate) resolver: super::resolve::Resolver,
 }
 
 impl std::fmt::Debug for Preflight {
@@ -101,10 +103,20 @@ async fn render_and_check(
     node_id: String,
     snippets: Snippets,
     timeout: std::time::Duration,
+    resolver: super::resolve::Resolver,
 ) -> Result<(String, Option<String>), RenderError> {
     let vars = cfg.vars.clone();
     let text = tokio::task::spawn_blocking(move || {
-        let (ctx, _) = context::build_screened(&node_id, &nv, &vars, snippets);
+        let resolve = |name: &str| resolver.address(name);
+        let names = context::Names::Resolved(&resolve);
+        let (ctx, _) = context::build_without(
+            &node_id,
+            &nv,
+            &vars,
+            snippets,
+            &context::Quarantine::new(),
+            &names,
+        );
         compiled.render(&ctx)
     })
     .await
@@ -170,6 +182,7 @@ impl Preflight {
                     self.node_id.clone(),
                     self.snippets,
                     self.settings.check_timeout,
+                    self.resolver.clone(),
                 )
             };
             let (text, output) = match run(with.clone()).await {

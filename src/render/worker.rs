@@ -15,6 +15,7 @@ use super::apply::Round;
 use super::config::{ApplyConfig, TemplateConfig};
 use super::context::Quarantine;
 use super::error::RenderError;
+use super::resolve::Resolver;
 use super::status::TemplateStatus;
 use super::template::Compiled;
 use super::{files, reload, template};
@@ -84,6 +85,8 @@ impl Debounce {
 }
 
 pub(crate) struct Worker {
+    /// Host names of registrations, resolved in the background (shared with the preflight).
+    pub(super) resolver: Resolver,
     /// The templates that parsed, shared with the preflight check of writes.
     pub(super) shared_compiled: SharedCompiled,
     pub(super) settings: ApplyConfig,
@@ -101,6 +104,7 @@ impl Worker {
         snippets: Snippets,
         status: Arc<Mutex<Vec<TemplateStatus>>>,
         shared_compiled: SharedCompiled,
+        resolver: Resolver,
     ) -> Self {
         let slots = templates
             .into_iter()
@@ -115,6 +119,7 @@ impl Worker {
             })
             .collect();
         Worker {
+            resolver,
             shared_compiled,
             settings,
             node_id,
@@ -151,6 +156,7 @@ impl Worker {
         // What HAProxy runs before the first apply: a crash between rename and reload left the
         // file ahead of it, and the first apply must reload it.
         self.probe_all().await;
+        let mut answers = self.resolver.answers();
         let mut probes = tokio::time::interval(self.settings.probe_interval);
         probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probes.tick().await;
@@ -192,6 +198,12 @@ impl Worker {
                     debug!("render: a template changed on disk");
                     templates_stale = true;
                     debounce.mark(Instant::now());
+                }
+                Ok(()) = answers.changed() => {
+                    // A host name got (or lost) an address: render with it.
+                    if views.borrow().ready {
+                        debounce.mark(Instant::now());
+                    }
                 }
                 _ = probes.tick() => {
                     // HAProxy is watched on its own, not only at the next change: a restart with
