@@ -29,6 +29,9 @@ pub(super) struct ApplyFailure {
     transient: bool,
     /// What the check said, when the check is what refused the config.
     check_output: Option<String>,
+    /// The file could not be written (a full or read-only file system): retried soon and
+    /// often, so the config goes in as soon as the disk takes it.
+    io: bool,
 }
 
 impl From<String> for ApplyFailure {
@@ -37,9 +40,24 @@ impl From<String> for ApplyFailure {
             text,
             transient: false,
             check_output: None,
+            io: false,
         }
     }
 }
+
+impl ApplyFailure {
+    fn io(e: RenderError) -> Self {
+        ApplyFailure {
+            text: e.to_string(),
+            transient: true,
+            check_output: None,
+            io: true,
+        }
+    }
+}
+
+/// The longest wait before retrying a config the disk did not take.
+const IO_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How one render-and-apply ended.
 pub(super) enum Round {
@@ -186,9 +204,16 @@ impl Worker {
                 Round::Blamed(self.blame(i, &nv, &bytes, &output))
             }
             Err(ApplyFailure {
-                text, transient, ..
+                text,
+                transient,
+                io,
+                ..
             }) => {
-                let wait = if transient {
+                let wait = if io {
+                    FIRST_RETRY
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(IO_RETRY_CAP)
+                } else if transient {
                     FIRST_RETRY
                         .saturating_mul(1 << attempts.min(16))
                         .min(self.settings.retry_failed_after)
@@ -271,7 +296,7 @@ impl Worker {
         let staged = tokio::task::spawn_blocking(move || files::Staged::write(&dest, &owned))
             .await
             .map_err(|e| format!("writing panicked: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(ApplyFailure::io)?;
         crate::crash_point!("render.after_write");
         let check_started = Instant::now();
         let checked = files::check(
@@ -291,17 +316,20 @@ impl Worker {
                 RenderError::Check { output, .. } => Some(output.clone()),
                 _ => None,
             };
+            // A check that could not run (no answer in time, say) may pass on its own.
+            let transient = check_output.is_none();
             ApplyFailure {
                 text: e.to_string(),
-                transient: false,
+                transient,
                 check_output,
+                io: false,
             }
         })?;
         crate::crash_point!("render.after_check");
         tokio::task::spawn_blocking(move || staged.commit())
             .await
             .map_err(|e| format!("renaming panicked: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(ApplyFailure::io)?;
         crate::crash_point!("render.after_rename");
         let (reload_error, transient) = match self.reload(i, Some(version)).await {
             Ok(verified) => return Ok(verified),
@@ -312,6 +340,7 @@ impl Worker {
             text,
             transient,
             check_output: None,
+            io: false,
         };
         // HAProxy refused the file (a bind it cannot make, say). Its old worker still serves
         // the old config; put that config back on disk so a restart does not pick up the bad

@@ -6,7 +6,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use super::config::CHECK_PLACEHOLDER;
@@ -154,30 +153,22 @@ pub(crate) async fn check(
         .map(|a| a.replace(CHECK_PLACEHOLDER, &staged_str))
         .collect();
     let command = argv.join(" ");
-    let child = tokio::process::Command::new(program)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // If the timeout fires, dropping the future kills the check instead of leaking it.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| RenderError::CheckRun {
-            command: command.clone(),
-            reason: e.to_string(),
-        })?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
+    use super::process::{run, Failure};
+    let output = match run(program, &args, timeout).await {
+        Ok(output) => output,
+        Err(Failure::Spawn(e)) | Err(Failure::Wait(e)) => {
             return Err(RenderError::CheckRun {
                 command,
                 reason: e.to_string(),
             })
         }
-        Err(_) => {
+        Err(Failure::Timeout) => {
             return Err(RenderError::CheckRun {
                 command,
-                reason: format!("no answer within {}", humantime::format_duration(timeout)),
+                reason: format!(
+                    "no answer within {} (killed, with everything it started)",
+                    humantime::format_duration(timeout)
+                ),
             })
         }
     };

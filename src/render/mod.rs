@@ -21,6 +21,7 @@ mod durations;
 mod error;
 mod files;
 mod preflight;
+mod process;
 mod reload;
 mod resolve;
 pub mod sections;

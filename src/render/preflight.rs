@@ -143,13 +143,20 @@ async fn render_and_check(
         .join(name);
     let write_text = text.clone();
     let tmp_w = tmp.clone();
-    tokio::task::spawn_blocking(move || std::fs::write(&tmp_w, write_text))
-        .await
-        .map_err(|e| RenderError::CheckRun {
-            command: "write".into(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| RenderError::io("writing", &tmp, e))?;
+    let written = tokio::task::spawn_blocking(move || {
+        let r = std::fs::write(&tmp_w, write_text);
+        if r.is_err() {
+            // A partial file (a full disk) must not stay behind.
+            let _ = std::fs::remove_file(&tmp_w);
+        }
+        r
+    })
+    .await
+    .map_err(|e| RenderError::CheckRun {
+        command: "write".into(),
+        reason: e.to_string(),
+    })?;
+    written.map_err(|e| RenderError::io("writing", &tmp, e))?;
     let checked = files::check(&cfg.check_command(), &tmp, &dest, timeout).await;
     let _ = std::fs::remove_file(&tmp);
     match checked {

@@ -7,7 +7,6 @@
 //! leaves the old worker serving the old config.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,24 +216,18 @@ async fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("empty command".into());
     };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {argv:?}: {e}"))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(format!(
+    use super::process::{run, Failure};
+    match run(program, args, timeout).await {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
             "{argv:?} exited with {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )),
-        Ok(Err(e)) => Err(format!("{argv:?}: {e}")),
-        Err(_) => Err(format!(
-            "{argv:?} did not finish within {}",
+        Err(Failure::Spawn(e)) => Err(format!("cannot run {argv:?}: {e}")),
+        Err(Failure::Wait(e)) => Err(format!("{argv:?}: {e}")),
+        Err(Failure::Timeout) => Err(format!(
+            "{argv:?} did not finish within {} (it and everything it started were killed)",
             humantime::format_duration(timeout)
         )),
     }

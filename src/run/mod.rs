@@ -40,6 +40,9 @@ pub enum RunError {
     Failed(String),
 }
 
+/// Longest a stopping node waits for an apply in progress.
+const RENDER_DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Where a reload (SIGHUP) reads the config from, and the requests to do so.
 pub struct Reload {
     pub path: Option<PathBuf>,
@@ -195,8 +198,18 @@ pub async fn run_with_reload(
     }
     let handle = render.read().expect("render lock").handle.clone();
     if let Some(h) = handle {
-        // An apply in progress finishes first: HAProxy is never left half-applied.
-        h.stopped().await;
+        // An apply in progress finishes first, within a bound: systemd kills the unit after
+        // TimeoutStopSec (30 s), and a node stopped mid-apply is put right at its next start
+        // (it asks HAProxy which config it runs).
+        if tokio::time::timeout(RENDER_DRAIN, h.stopped())
+            .await
+            .is_err()
+        {
+            warn!(
+                waited = ?RENDER_DRAIN,
+                "the apply in progress did not finish in time; stopping anyway (the next start reconciles HAProxy with the file)"
+            );
+        }
     }
     let _ = feeder.await;
     let _ = notifier.await;
