@@ -738,3 +738,78 @@ fn no_request_fails_across_20_reloads() {
         &failed[..failed.len().min(10)]
     );
 }
+
+#[test]
+fn a_template_that_breaks_one_backend_still_lets_another_backends_server_through() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    // A template (an operator's edit, a peer's other version) that renders an unknown
+    // directive into one backend only.
+    let tdir = TempDir::new("tpl-one");
+    let source = tdir.0.join("haproxy.cfg.tera");
+    let text = std::fs::read_to_string(DEFAULT_TEMPLATE).unwrap().replacen(
+        "    balance {{ be.balance }}",
+        "    balance {{ be.balance }}\n{%- if be.name == \"other\" %}\n    no-such-directive 1\n{%- endif %}",
+        1,
+    );
+    assert!(text.contains("no-such-directive"));
+    std::fs::write(&source, text).unwrap();
+    let rig = Rig::start(
+        "tpl-one",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        fast(),
+        Some(source),
+    );
+    let mut nv = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
+    let mut other = backend("other", "v1");
+    other.app = "other".into();
+    nv.view.backends.insert("other".into(), other);
+    rig.send(nv);
+    rig.wait_all_served_by_both(&a.name, &b.name);
+    let s = rig.status();
+    assert!(s.ok, "{s:?}");
+    assert_eq!(
+        s.excluded
+            .iter()
+            .map(|e| (e.kind, e.name.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("backend", "other")],
+        "{s:?}"
+    );
+    assert!(s.excluded[0].reason.contains("no-such-directive"), "{s:?}");
+}
+
+#[test]
+fn a_removed_template_keeps_the_last_version_serving_until_it_is_back() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let port = free_port();
+    let tdir = TempDir::new("tpl-gone");
+    let source = tdir.0.join("haproxy.cfg.tera");
+    let good = std::fs::read_to_string(DEFAULT_TEMPLATE).unwrap();
+    std::fs::write(&source, &good).unwrap();
+    let rig = Rig::start(
+        "tpl-gone",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        fast(),
+        Some(source.clone()),
+    );
+    wait_for("the template dir to be watched", WAIT, || {
+        rig.status().watching.then_some(())
+    });
+    std::fs::remove_file(&source).unwrap();
+    let err = wait_for("the missing template in status", WAIT, || {
+        rig.status().template_error
+    });
+    assert!(err.contains(&source.display().to_string()), "{err}");
+    // Changes still reach HAProxy through the last version that loaded.
+    rig.send(view(port, "v1", &[(&a, "v1"), (&b, "v1")]));
+    rig.wait_all_served_by_both(&a.name, &b.name);
+    std::fs::write(&source, &good).unwrap();
+    wait_for("the template loads again", WAIT, || {
+        rig.status().ok.then_some(())
+    });
+}
