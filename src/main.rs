@@ -108,16 +108,18 @@ fn agent(args: AgentArgs) -> ExitCode {
             wait_for_signal().await;
             trigger.trigger();
         });
-        // SIGHUP re-reads the config file and the templates.
-        let (hup_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+        // SIGHUP re-reads the config file and the templates. One pending request is enough:
+        // SIGHUPs that arrive while one waits are folded into it.
+        let (hup_tx, requests) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hup =
                 signal(SignalKind::hangup()).expect("installing a SIGHUP handler cannot fail");
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP received: reloading the config");
-                if hup_tx.send(()).is_err() {
-                    return;
+                match hup_tx.try_send(()) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return,
                 }
             }
         });

@@ -47,7 +47,7 @@ const RENDER_DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 pub struct Reload {
     pub path: Option<PathBuf>,
     pub overrides: Overrides,
-    pub requests: mpsc::UnboundedReceiver<()>,
+    pub requests: mpsc::Receiver<()>,
 }
 
 /// The render stage currently running, replaced on reload.
