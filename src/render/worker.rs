@@ -291,10 +291,27 @@ impl Worker {
     /// Removes the temp files a killed bender left beside each destination.
     async fn remove_stray_files(&mut self) {
         for i in 0..self.slots.len() {
-            let dest = self.slots[i].cfg.destination.clone();
-            let removed = tokio::task::spawn_blocking(move || files::remove_stray(&dest))
-                .await
-                .unwrap_or(0);
+            // Beside the destination, its kept copy, and the server-state file: every file
+            // bender writes through a temp file.
+            let mut targets = vec![
+                self.slots[i].cfg.destination.clone(),
+                files::last_good_path(&self.slots[i].cfg.destination),
+            ];
+            targets.extend(
+                self.slots[i]
+                    .cfg
+                    .server_state
+                    .as_ref()
+                    .map(|s| s.file.clone()),
+            );
+            let removed = tokio::task::spawn_blocking(move || {
+                targets
+                    .iter()
+                    .map(|t| files::remove_stray(t))
+                    .sum::<usize>()
+            })
+            .await
+            .unwrap_or(0);
             if removed > 0 {
                 info!(template = %self.slots[i].cfg.name, removed,
                     "render: removed temp files an earlier run left behind");
