@@ -187,8 +187,9 @@ impl Guard {
         self.held.values().filter_map(|h| h.until_ms).min()
     }
 
-    /// One step: `prev` is what was served before (live and held), `live` what the registry
-    /// has live now; `deregistered` tells an explicit deregistration from an expiry.
+    /// One step: `prev` is what the registry had live before (what was held before, the guard
+    /// knows), `live` what it has live now; `deregistered` tells an explicit deregistration
+    /// from an expiry.
     pub fn step(
         &mut self,
         prev: &BTreeMap<RegKey, LiveRegistration>,

@@ -767,10 +767,9 @@ async fn view_task(
                     .get(k)
                     .is_some_and(|s| s.reg.val.ttl_ms == 0)
             };
-            let served_before: BTreeMap<RegKey, LiveRegistration> =
-                prev.served().map(|(k, r)| (k.clone(), r.clone())).collect();
+            // What was live before (what was held before, the guard holds itself).
             let step = guard.step(
-                &served_before,
+                &prev.view.registrations,
                 &view.registrations,
                 &deregistered,
                 isolated,

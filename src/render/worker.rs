@@ -231,7 +231,15 @@ impl Worker {
                     // Clone the Arc and release the channel's lock before any await.
                     let nv = views.borrow_and_update().clone();
                     if nv.ready {
+                        let started = Instant::now();
                         self.apply_all(nv).await;
+                        // What changed during the apply has waited as long as the apply took:
+                        // count that towards debounce_max, so that under a stream of changes the
+                        // next apply follows within a quiet period instead of a whole maximum.
+                        if views.has_changed().unwrap_or(false) && views.borrow().ready {
+                            debounce.mark(started);
+                            debounce.mark(Instant::now());
+                        }
                     }
                 }
             }
