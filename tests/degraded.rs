@@ -15,22 +15,11 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn start_node(config: &Path) -> Proc {
-    let (api, gossip) = (free_port(), free_port());
     let data = config.parent().unwrap().join("data");
-    Proc::start(
+    Proc::local(
         "degraded",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--api-listen".into(),
-            format!("127.0.0.1:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ],
+        config,
+        &["--data-dir".into(), data.display().to_string()],
     )
 }
 

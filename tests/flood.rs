@@ -19,20 +19,7 @@ fn a_flood_past_the_limits_gets_429s_while_renewals_and_another_apps_server_get_
         "[limits]\nmax_registrations = 900\nmax_registrations_per_app = 600\n",
     );
     let _haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
-    let (api, gossip) = (free_port(), free_port());
-    let node = Proc::start(
-        "flood",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--api-listen".into(),
-            format!("127.0.0.1:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-        ],
-    );
+    let node = Proc::local("flood", &config, &[]);
     let http = Http::new();
     let (fe_flood, fe_web) = (free_port(), free_port());
     for (name, port) in [("flood", fe_flood), ("web", fe_web)] {

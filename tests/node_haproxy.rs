@@ -13,20 +13,7 @@ fn a_burst_of_200_registrations_in_a_second_reloads_haproxy_at_most_twice() {
     let dir = TempDir::new("burst");
     let config = write_node_files(&dir.0, "");
     let haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
-    let (api, gossip) = (free_port(), free_port());
-    let node = Proc::start(
-        "burst",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--api-listen".into(),
-            format!("127.0.0.1:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-        ],
-    );
+    let node = Proc::local("burst", &config, &[]);
     let http = Http::new();
     let fe_port = free_port();
     let app = TestServer::start("app");

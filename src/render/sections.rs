@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::snippets::SECTION_KEYWORDS;
 use crate::model::{Backend, Frontend};
 
 /// An entity of the view, by kind and name.
@@ -48,23 +49,6 @@ pub struct Section {
 
 /// The proxy sections of `text`, in order.
 pub fn sections(text: &str) -> Vec<Section> {
-    const OPENERS: &[&str] = &[
-        "global",
-        "defaults",
-        "frontend",
-        "backend",
-        "listen",
-        "peers",
-        "resolvers",
-        "userlist",
-        "program",
-        "ring",
-        "log-forward",
-        "fcgi-app",
-        "mailers",
-        "cache",
-        "http-errors",
-    ];
     let mut out: Vec<Section> = Vec::new();
     let mut total = 0;
     for (i, line) in text.lines().enumerate() {
@@ -77,7 +61,7 @@ pub fn sections(text: &str) -> Vec<Section> {
         let Some(keyword) = words.next() else {
             continue;
         };
-        if !OPENERS.contains(&keyword) {
+        if !SECTION_KEYWORDS.contains(&keyword) {
             continue;
         }
         if let Some(prev) = out.last_mut() {

@@ -9,7 +9,7 @@ pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -263,6 +263,22 @@ impl Proc {
             ureq::get(&url).call().is_ok()
         });
         p
+    }
+
+    /// Starts a lone node on loopback with `config` (fresh API and gossip ports) plus
+    /// `extra` arguments, and waits until its API answers.
+    pub fn local(node_id: &str, config: &Path, extra: &[String]) -> Proc {
+        let (api, gossip) = (free_port(), free_port());
+        let mut args = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ];
+        args.extend_from_slice(extra);
+        Self::start(node_id, api, ([127, 0, 0, 1], gossip).into(), args)
     }
 
     /// Starts `bender agent` with `args`, its API at `api` (a base URL), without waiting.
