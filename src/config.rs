@@ -321,13 +321,7 @@ impl Config {
 
     /// Checks every value and their relations.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let id_ok = !self.node_id.is_empty()
-            && self.node_id.len() <= 128
-            && self
-                .node_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !id_ok {
+        if !is_node_id(&self.node_id) {
             return Err(invalid(
                 "node_id",
                 &self.node_id,
@@ -518,6 +512,16 @@ fn default_advertise(listen: SocketAddr, seeds: &[String]) -> Result<SocketAddr,
 }
 
 /// The host name, or a name derived from the gossip address.
+/// Whether `id` is a node id bender accepts: 1 to 128 characters from `[A-Za-z0-9._-]`. Peers'
+/// ids are held to the same rule before a template sees them.
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn default_node_id(advertise: SocketAddr) -> String {
     let host = nix::unistd::gethostname()
         .ok()

@@ -200,7 +200,7 @@ fn bad_input_is_a_clear_error_and_never_a_crash() {
     // HTTP so the client does not trip over the server closing early.
     let raw = common::raw_http(
         &c.node(0).api,
-        "POST /backends HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n{\"name\":",
+        "POST /backends HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n{\"name\":",
     );
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert!(raw.contains(r#""code":"PAYLOAD_TOO_LARGE""#), "{raw}");
@@ -209,7 +209,7 @@ fn bad_input_is_a_clear_error_and_never_a_crash() {
     let raw = common::raw_http(
         &c.node(0).api,
         &format!(
-            "POST /backends HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            "POST /backends HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
             chunk.len(),
             chunk.len()
         ),

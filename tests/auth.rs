@@ -89,7 +89,10 @@ fn grants(scope: &str, need: &str) -> bool {
 
 #[test]
 fn every_route_is_401_without_a_valid_token_403_without_the_scope_and_served_with_it() {
-    let (c, t, _dir) = node_with_tokens("");
+    // The routes register servers on 127.0.0.1, which only an explicit rule allows.
+    let (c, t, _dir) = node_with_tokens(
+        "[[registration.allow]]\nname = \"local\"\nclients = [\"127.0.0.0/8\"]\napps = [\"web\"]\nhosts = [\"127.0.0.1/32\"]\n",
+    );
     let base = c.node(0).api.clone();
     let admin = Http::with_token(&t.admin);
     let r = admin.post_json(
@@ -141,7 +144,7 @@ fn every_route_is_401_without_a_valid_token_403_without_the_scope_and_served_wit
     // 401 tells the client how to authenticate.
     let raw = common::raw_http(
         &base,
-        "GET /v1/members HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /v1/members HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
     assert!(
@@ -225,16 +228,36 @@ fn tokens_rotate_on_sighup_without_a_restart() {
 
 #[test]
 fn a_register_token_registers_its_own_address_only_unless_a_rule_allows_more() {
-    let (c, t, _dir) = node_with_tokens(
-        r#"
-[[registration.allow]]
-name = "nat-gateway"
-clients = ["127.0.0.5/32"]
-apps = ["web"]
-hosts = ["10.0.1.0/24"]
-"#,
+    // Three clients with addresses of their own; the third is a NAT gateway a rule covers.
+    let (_hosts, addrs) = common::netns::own_addresses(3);
+    let (a, b, nat) = (&addrs[0], &addrs[1], &addrs[2]);
+    let dir = temp_dir("policy");
+    let t = Tokens::write(&dir.0);
+    let config = dir.0.join("bender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{TEST_CONFIG}\n{}\n[[registration.allow]]\nname = \"nat-gateway\"\nclients = [\"{nat}/32\"]\napps = [\"web\"]\nhosts = [\"10.0.1.0/24\"]\n",
+            t.config()
+        ),
+    )
+    .unwrap();
+    // On every address, so that clients reach it from theirs.
+    let (api, gossip) = (common::free_port(), common::free_port());
+    let _node = common::Proc::start(
+        "policy",
+        api,
+        ([127, 0, 0, 1], gossip).into(),
+        vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--api-listen".into(),
+            format!("0.0.0.0:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ],
     );
-    let base = c.node(0).api.clone();
+    let base = format!("http://{a}:{api}");
     let reg = |src: &str, app: &str, host: &str| {
         let body = format!(r#"{{"app":"{app}","version":"1","host":"{host}","port":8080}}"#);
         request_from(
@@ -246,11 +269,11 @@ hosts = ["10.0.1.0/24"]
             &body,
         )
     };
-    // Its own address: yes (from either loopback address it connects from).
-    assert_eq!(reg("127.0.0.1", "web", "127.0.0.1").0, 200);
-    assert_eq!(reg("127.0.0.2", "api", "127.0.0.2").0, 200);
+    // Its own address: yes, whichever client.
+    assert_eq!(reg(a, "web", a).0, 200);
+    assert_eq!(reg(b, "api", b).0, 200);
     // Another host: no, and the refusal names the rule.
-    let (status, body) = reg("127.0.0.2", "web", "10.0.0.9");
+    let (status, body) = reg(b, "web", "10.0.0.9");
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "FORBIDDEN");
     let msg = body["message"].as_str().unwrap();
@@ -258,9 +281,26 @@ hosts = ["10.0.1.0/24"]
         msg.contains("registration.default") && msg.contains("own-address"),
         "{msg}"
     );
+    assert_eq!(reg(b, "web", a).0, 403, "another client's address");
+    // The LB itself is nobody's own address: a client on the LB's host may not point every
+    // LB's traffic at the LBs' own loopback (their API, their stats port).
+    let local = format!("http://127.0.0.1:{api}");
+    let (status, body) = request_from(
+        "127.0.0.1",
+        &local,
+        "POST",
+        "/v1/registrations",
+        Some(&t.register),
+        r#"{"app":"web","version":"1","host":"127.0.0.1","port":1729}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("the LB itself"),
+        "{body}"
+    );
     // The old route too, and deregistering someone else is refused the same way.
     let (status, _) = request_from(
-        "127.0.0.2",
+        b,
         &base,
         "POST",
         "/registrations/web/1/10.0.0.9/8080",
@@ -269,27 +309,27 @@ hosts = ["10.0.1.0/24"]
     );
     assert_eq!(status, 403);
     let (status, body) = request_from(
-        "127.0.0.2",
+        b,
         &base,
         "DELETE",
-        "/v1/registrations/web/1/127.0.0.1/8080",
+        &format!("/v1/registrations/web/1/{a}/8080"),
         Some(&t.register),
         "",
     );
     assert_eq!(status, 403, "{body}");
     // The rule lets its clients register the hosts it lists, for its apps only.
-    assert_eq!(reg("127.0.0.5", "web", "10.0.1.7").0, 200);
-    let (status, body) = reg("127.0.0.5", "api", "10.0.1.7");
+    assert_eq!(reg(nat, "web", "10.0.1.7").0, 200);
+    let (status, body) = reg(nat, "api", "10.0.1.7");
     assert_eq!(status, 403, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("nat-gateway"),
         "{body}"
     );
-    let (status, _) = reg("127.0.0.5", "web", "10.0.2.7");
+    let (status, _) = reg(nat, "web", "10.0.2.7");
     assert_eq!(status, 403);
     // An admin may register anything.
     let (status, _) = request_from(
-        "127.0.0.2",
+        b,
         &base,
         "POST",
         "/v1/registrations",
@@ -297,7 +337,7 @@ hosts = ["10.0.1.0/24"]
         r#"{"app":"web","version":"1","host":"10.0.0.9","port":8080}"#,
     );
     assert_eq!(status, 200);
-    let listed = Http::with_token(&t.read).get(&c.url(0, "/v1/registrations"));
+    let listed = Http::with_token(&t.read).get(&format!("{local}/v1/registrations"));
     let mut hosts: Vec<&str> = listed
         .body
         .as_array()
@@ -306,7 +346,9 @@ hosts = ["10.0.1.0/24"]
         .map(|r| r["host"].as_str().unwrap())
         .collect();
     hosts.sort_unstable();
-    assert_eq!(hosts, ["10.0.0.9", "10.0.1.7", "127.0.0.1", "127.0.0.2"]);
+    let mut expected = vec!["10.0.0.9", "10.0.1.7", a.as_str(), b.as_str()];
+    expected.sort_unstable();
+    assert_eq!(hosts, expected);
 }
 
 #[test]
@@ -381,5 +423,67 @@ fn a_node_without_credentials_refuses_clients_from_other_addresses() {
     assert!(
         body["message"].as_str().unwrap().contains("own host"),
         "{body}"
+    );
+}
+
+/// What a web page can make a browser on the LB's host send: a "simple" POST with a body it
+/// does not declare JSON, a request from another origin, or one to a name the page's owner
+/// points at 127.0.0.1 (DNS rebinding). A node without credentials lets loopback in as admin,
+/// so each must be refused; the CLI and curl send none of these and are served.
+#[test]
+fn browser_requests_from_other_sites_and_rebound_names_are_refused() {
+    let c = TestCluster::start(1);
+    let base = c.node(0).api.clone();
+    let status = |req: &str| -> (u16, String) {
+        let raw = common::raw_http(&base, req);
+        let code = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (code, raw)
+    };
+    let body = r#"{"app":"web","version":"1","host":"6.6.6.6","port":80}"#;
+    let post = |headers: &str, ctype: &str| {
+        format!(
+            "POST /v1/registrations HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}{ctype}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // fetch(..., {mode: "no-cors", body: new Blob([...])}): no Content-Type at all.
+    let (code, raw) = status(&post("", ""));
+    assert_eq!(code, 415, "{raw}");
+    let (code, raw) = status(&post("", "Content-Type: text/plain\r\n"));
+    assert_eq!(code, 415, "{raw}");
+    // From another site, declared or not.
+    let json = "Content-Type: application/json\r\n";
+    for headers in [
+        "Origin: https://evil.example\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Origin: null\r\n",
+    ] {
+        let (code, raw) = status(&post(headers, json));
+        assert_eq!(code, 403, "{headers}: {raw}");
+        assert!(raw.contains("cross-site"), "{raw}");
+    }
+    // A rebound name: same-origin as far as the browser knows.
+    let (code, raw) = status(
+        "GET /v1/state HTTP/1.1\r\nHost: rebind.evil.example:1729\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 403, "{raw}");
+    assert!(raw.contains("rebind.evil.example"), "{raw}");
+    let listed = Http::new().get(&c.url(0, "/v1/registrations"));
+    assert_eq!(listed.body, json!([]), "nothing was registered");
+    // What the CLI or curl sends is served.
+    let (code, raw) = status(&post("", json));
+    assert_eq!(code, 200, "{raw}");
+    let scrape = common::scrape(&Http::new(), &c.url(0, "/metrics"));
+    assert_eq!(
+        common::sample(
+            &scrape,
+            "bender_api_refused_total",
+            &[("reason", "cross_site")]
+        ),
+        Some(4.0)
     );
 }

@@ -11,12 +11,11 @@ use common::{Http, TestCluster, TEST_CONFIG};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat");
 
-/// Runs one of the scripts in tests/compat against `c`'s first node.
-fn run_script(script: &str, c: &TestCluster) {
-    let port = c.node(0).api.rsplit(':').next().unwrap().to_string();
+/// Runs one of the scripts in tests/compat against the node at `host:port`.
+fn run_script(script: &str, host: &str, port: &str) {
     let out = Command::new("node")
         .current_dir(DIR)
-        .args([script, "127.0.0.1", &port])
+        .args([script, host, port])
         .output()
         .expect("run node (Node.js is needed for this test)");
     assert!(
@@ -27,21 +26,46 @@ fn run_script(script: &str, c: &TestCluster) {
     );
 }
 
+/// Runs a script against `c`'s first node.
+fn run_script_on(script: &str, c: &TestCluster) {
+    let port = c.node(0).api.rsplit(':').next().unwrap().to_string();
+    run_script(script, "127.0.0.1", &port);
+}
+
 /// With credentials required, `[compat]` lets the old client register its own address from the
-/// listed networks and nothing else.
+/// listed networks and nothing else. The client has an address of its own (not loopback, which
+/// is nobody's): the test-host bridge's.
 #[test]
 fn the_0_2_1_client_registers_in_compatibility_mode_and_is_refused_the_rest() {
+    let (_hosts, addrs) = common::netns::own_addresses(1);
+    let own = &addrs[0];
     let dir = common::haproxy::TempDir::new("compat");
     let tokens = Tokens::write(&dir.0);
-    let c = TestCluster::start_with(
-        1,
-        &format!(
-            "{TEST_CONFIG}\n{}\n[compat]\nunauthenticated_register_from = [\"127.0.0.0/8\"]\n",
+    let config = dir.0.join("bender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{TEST_CONFIG}\n{}\n[compat]\nunauthenticated_register_from = [\"{own}/32\"]\n",
             tokens.config()
         ),
+    )
+    .unwrap();
+    let (api, gossip) = (common::free_port(), common::free_port());
+    let node = common::Proc::start(
+        "compat",
+        api,
+        ([127, 0, 0, 1], gossip).into(),
+        vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--api-listen".into(),
+            format!("0.0.0.0:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ],
     );
-    run_script("compat-mode.js", &c);
-    let regs = Http::with_token(&tokens.read).get(&c.url(0, "/registrations"));
+    run_script("compat-mode.js", own, &api.to_string());
+    let regs = Http::with_token(&tokens.read).get(&node.url("/registrations"));
     let ids: Vec<&str> = regs
         .body
         .as_array()
@@ -49,7 +73,7 @@ fn the_0_2_1_client_registers_in_compatibility_mode_and_is_refused_the_rest() {
         .iter()
         .map(|r| r["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["web/1.0.0/127.0.0.1/8080"]);
+    assert_eq!(ids, [format!("web/1.0.0/{own}/8080")]);
 }
 
 #[test]
@@ -61,5 +85,5 @@ fn the_0_2_1_client_library_works_unchanged() {
         "run `npm install --prefix tests/compat` first (.ci/run does)"
     );
     let c = TestCluster::start(1);
-    run_script("client.js", &c);
+    run_script_on("client.js", &c);
 }

@@ -98,7 +98,7 @@ fn a_flood_past_the_limits_gets_429s_while_renewals_and_another_apps_server_get_
     assert_eq!(refused.load(Ordering::Relaxed), 1500 - 599);
     let raw = common::raw_http(
         &node.api,
-        "POST /registrations/flood/1/127.0.0.1/9999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "POST /registrations/flood/1/127.0.0.1/9999 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(raw.starts_with("HTTP/1.1 429"), "{raw}");
     assert!(raw.to_ascii_lowercase().contains("retry-after: 5"), "{raw}");

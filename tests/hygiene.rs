@@ -45,13 +45,13 @@ fn read_until_closed(s: &mut TcpStream) -> String {
 fn a_client_slow_to_send_its_headers_or_idle_between_requests_is_disconnected() {
     let c = node("header_read_timeout = \"500ms\"");
     let mut slow = connect(&c);
-    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     read_until_closed(&mut slow);
 
     // A keep-alive connection is answered, then closed once it has waited idle as long.
     let mut idle = connect(&c);
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let answer = read_until_closed(&mut idle);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -63,7 +63,7 @@ fn a_body_that_does_not_arrive_in_time_is_a_408() {
     let c = node("body_read_timeout = \"500ms\"");
     let mut s = connect(&c);
     s.write_all(
-        b"POST /v1/registrations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"app\":",
+        b"POST /v1/registrations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"app\":",
     )
     .unwrap();
     let answer = read_until_closed(&mut s);
@@ -73,12 +73,31 @@ fn a_body_that_does_not_arrive_in_time_is_a_408() {
 }
 
 #[test]
+fn a_body_the_node_will_not_read_closes_the_connection_instead_of_being_drained() {
+    // Without this a client could trickle a body nobody reads, a byte at a time, forever.
+    let c = node("idle_timeout = \"60s\"");
+    for head in [
+        "GET /v1/registrations HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
+        "POST /v1/nowhere HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+        "POST /v1/backends HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n",
+    ] {
+        let mut s = connect(&c);
+        s.write_all(head.as_bytes()).unwrap();
+        let answer = read_until_closed(&mut s);
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{head:?}: {answer}"
+        );
+    }
+}
+
+#[test]
 fn a_connection_on_which_nothing_moves_is_closed_after_the_idle_timeout() {
     // An event stream with no events: nothing moves until the 15 s keep-alive, and the idle
     // timeout is shorter.
     let c = node("idle_timeout = \"1s\"");
     let mut s = connect(&c);
-    s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let answer = read_until_closed(&mut s);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -117,7 +136,7 @@ fn connections_past_the_caps_get_429_or_503_and_are_accepted_once_others_close()
     let answer = raw_http_from(
         "127.0.0.1",
         &base,
-        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(
@@ -140,7 +159,7 @@ fn connections_past_the_caps_get_429_or_503_and_are_accepted_once_others_close()
     let answer = raw_http_from(
         "127.0.0.3",
         &base,
-        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("api.max_connections"), "{answer}");
@@ -178,7 +197,7 @@ fn requests_past_the_in_flight_cap_and_streams_past_theirs_get_429() {
     let mut slow: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = connect(&c);
-            s.write_all(b"POST /v1/registrations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").unwrap();
+            s.write_all(b"POST /v1/registrations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").unwrap();
             s
         })
         .collect();
@@ -193,7 +212,7 @@ fn requests_past_the_in_flight_cap_and_streams_past_theirs_get_429() {
     // One event stream at most.
     let mut stream = connect(&c);
     stream
-        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).unwrap();

@@ -85,7 +85,7 @@ fn a_write_haproxy_would_refuse_is_a_400_with_haproxys_words_and_is_not_stored()
     );
     let r = http.put_json(
         &c.url(0, "/backends/web"),
-        r#"{"server_options":"ssl verify none"}"#,
+        r#"{"server_options":"check inter 2s"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text);
 

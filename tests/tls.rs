@@ -25,6 +25,7 @@ struct Pki {
     deployer: Leaf,
     /// Valid for 10.0.1.7: any certificate of the client CA gets `register`.
     app: Leaf,
+    clients: Ca,
     client_ca: PathBuf,
     tokens: Tokens,
 }
@@ -44,6 +45,7 @@ fn pki() -> Pki {
         server,
         deployer,
         app,
+        clients,
         client_ca,
         tokens,
         dir,
@@ -229,11 +231,31 @@ fn client_certificates_map_to_scopes_and_vouch_for_the_names_they_hold() {
         .unwrap()
     };
     assert_eq!(reg("10.0.1.7").0, 200);
-    assert_eq!(reg("127.0.0.1").0, 200, "its source address too");
+    // Its source address is loopback, which is nobody's own: every LB would send the app's
+    // traffic to itself.
+    assert_eq!(reg("127.0.0.1").0, 403);
     let (status, body) = reg("10.0.1.8");
     assert_eq!(status, 403, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("certificate"),
+        "{body}"
+    );
+    // A wildcard certificate of the client CA names no particular host: it is not the
+    // deployer, and gets only what any certificate of the CA gets.
+    let wildcard = p
+        .clients
+        .leaf(&p.dir.0, "wildcard", &["*.ops.internal"], true);
+    let (status, body) = call(
+        &agent(&p.ca, Some(&wildcard)),
+        "PUT",
+        &format!("{base}/backends/web"),
+        None,
+        r#"{"version":"2"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("app-servers"),
         "{body}"
     );
     // A certificate from a CA the node does not trust ends the handshake.
@@ -260,6 +282,42 @@ fn a_node_that_requires_client_certificates_refuses_clients_without_one() {
             .unwrap()
             .0,
         200
+    );
+}
+
+#[test]
+fn a_client_certificate_revoked_by_the_crl_loaded_on_sighup_is_refused() {
+    let p = pki();
+    let (node, base) = start(&p, false);
+    let url = format!("{base}/v1/members");
+    let (app, deployer) = (agent(&p.ca, Some(&p.app)), agent(&p.ca, Some(&p.deployer)));
+    assert_eq!(call(&deployer, "GET", &url, None, "").unwrap().0, 200);
+    let crl = p.clients.write_crl(&p.dir.0.join("clients.crl"), &[&p.app]);
+    let path = config(&p, false);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "require_client_cert = false",
+        &format!(
+            "require_client_cert = false\nclient_crl = \"{}\"",
+            crl.display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    sighup(&node);
+    wait_until(WAIT, "the revoked certificate is refused", || {
+        call(&app, "GET", &format!("{base}/health"), None, "").is_err()
+    });
+    assert_eq!(
+        call(
+            &deployer,
+            "POST",
+            &format!("{base}/backends"),
+            None,
+            r#"{"name":"web","app":"web","version":"1"}"#
+        )
+        .unwrap()
+        .0,
+        201,
+        "a certificate the CRL does not list still works"
     );
 }
 

@@ -125,12 +125,26 @@ mod tests {
             b"PUT",
             "/backends/web",
             "",
-            None,
+            Some(b"application/json"),
             None,
             br#"{"extra":["http-response set-header X %[env(HOME)]"]}"#,
         )
         .unwrap_err();
         assert_eq!(bad.status.as_u16(), 400);
+        // A body that does not say it is JSON is what a browser sends cross-site unasked.
+        for ct in [None, Some(&b"text/plain"[..])] {
+            let e = check_request(
+                &g,
+                b"POST",
+                "/backends",
+                "",
+                ct,
+                None,
+                br#"{"name":"web","app":"web","version":"1"}"#,
+            )
+            .unwrap_err();
+            assert_eq!(e.status.as_u16(), 415, "{ct:?}");
+        }
         let path = check_request(
             &g,
             b"POST",

@@ -91,7 +91,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",
-            "Request body must be application/json",
+            "Request body must be JSON, declared with Content-Type: application/json",
         )
     }
     /// 503 from `/health`: a task of the node died, and the node is stopping.

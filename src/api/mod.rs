@@ -262,7 +262,22 @@ pub async fn serve(
                         )
                     }
                 };
-                let resp = resp.unwrap_or_else(Reply::into_response);
+                let mut resp = resp.unwrap_or_else(Reply::into_response);
+                // A body left unread (refused before it was read, or sent to a route that
+                // takes none) would be drained by the connection before its next request, at
+                // whatever pace the client trickles it, with no timeout: close instead.
+                let declares_body = headers.contains_key("transfer-encoding")
+                    || headers
+                        .get("content-length")
+                        .is_some_and(|v| v.as_bytes() != b"0");
+                let unread = resp.status().as_u16() >= 400
+                    || !matches!(method, Method::POST | Method::PUT);
+                if declares_body && unread {
+                    resp.headers_mut().insert(
+                        warp::http::header::CONNECTION,
+                        warp::http::HeaderValue::from_static("close"),
+                    );
+                }
                 api.metrics
                     .api_requests
                     .get_or_create(&ApiLabels {
@@ -365,6 +380,23 @@ impl Api {
                     return (label, Err(err));
                 }
             };
+        if caller.via != crate::auth::Via::Open {
+            let browser = crate::auth::browser::BrowserHeaders {
+                host: headers.get("host").map(|v| v.as_bytes()),
+                origin: headers.get("origin").map(|v| v.as_bytes()),
+                sec_fetch_site: headers.get("sec-fetch-site").map(|v| v.as_bytes()),
+            };
+            if let Err(m) = crate::auth::browser::check(&browser, caller.via) {
+                let err = ApiError::forbidden(m);
+                let what = format!("{} {}", method_label(method), label);
+                self.refused_from("cross_site", conn.peer, what, &err.message);
+                return (label, Err(err));
+            }
+        }
+        if op.takes_body() && !wire::is_json(headers.get("content-type").map(|v| v.as_bytes())) {
+            // Before reading it: a body that is not declared JSON is refused whatever it holds.
+            return (label, Err(ApiError::unsupported_media_type()));
+        }
         let body = if op.takes_body() {
             let declared = match headers.get("content-length") {
                 None => None,

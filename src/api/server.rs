@@ -91,6 +91,18 @@ impl Drop for Slot {
     }
 }
 
+/// What the per-client cap counts a connection from `ip` under: the IPv4 address (an IPv4
+/// client on an IPv6 socket included), or the IPv6 /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 impl Connections {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Connections {
@@ -102,8 +114,11 @@ impl Connections {
         })
     }
 
-    /// Takes a slot for a connection from `ip`, or says which cap is full.
+    /// Takes a slot for a connection from `ip`, or says which cap is full. IPv6 clients are
+    /// counted by their /64: one host usually holds a whole /64 and could otherwise open
+    /// `max_connections_per_client` connections from each of its addresses.
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        let ip = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.0 >= self.limits.max_connections {
             self.refused_total_cap.fetch_add(1, Ordering::Relaxed);
@@ -434,5 +449,41 @@ async fn serve_one<S, B>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_client_cap_counts_an_ipv6_client_by_its_64_and_v4_mapped_as_v4() {
+        let conns = Connections::new(Limits {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 100,
+            max_per_client: 2,
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = conns.try_open(ip("2001:db8:1:2::1")).unwrap();
+        let _b = conns.try_open(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            conns.try_open(ip("2001:db8:1:2::77")).err(),
+            Some(Refused::PerClient),
+            "a third address of the same /64"
+        );
+        let _other = conns.try_open(ip("2001:db8:1:3::1")).unwrap();
+        let _v4 = conns.try_open(ip("10.0.0.1")).unwrap();
+        let _mapped = conns.try_open(ip("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(
+            conns.try_open(ip("10.0.0.1")).err(),
+            Some(Refused::PerClient)
+        );
+        drop(a);
+        assert!(
+            conns.try_open(ip("2001:db8:1:2::77")).is_ok(),
+            "a slot freed"
+        );
+        assert_eq!(conns.refused(), (0, 2));
     }
 }

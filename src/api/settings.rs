@@ -52,6 +52,10 @@ pub struct TlsConfig {
     /// Refuse the TLS handshake of a client without a certificate (needs `client_ca`).
     #[serde(default)]
     pub require_client_cert: bool,
+    /// PEM certificate revocation list(s) of the client CA: a revoked client certificate is
+    /// refused at the handshake. Re-read on SIGHUP, like the rest (needs `client_ca`).
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
 }
 
 fn default_header_read_timeout() -> Duration {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -35,6 +35,24 @@ fn certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
+fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "api.tls.client_crl = {:?}: cannot read PEM CRLs: {e}",
+                path.display()
+            )
+        })?;
+    if crls.is_empty() {
+        return Err(format!(
+            "api.tls.client_crl = {:?}: holds no PEM CRL (\"-----BEGIN X509 CRL-----\")",
+            path.display()
+        ));
+    }
+    Ok(crls)
+}
+
 /// Builds the server's TLS config. Errors name the key and the file.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let chain = certs(&tls.cert, "api.tls.cert")?;
@@ -56,27 +74,38 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("api.tls: {e}"))?;
-    let builder = match &tls.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca, "api.tls.client_ca")? {
-                roots
-                    .add(c)
+    let builder =
+        match &tls.client_ca {
+            None if tls.client_crl.is_some() => return Err(
+                "api.tls.client_crl: needs api.tls.client_ca, the CA whose revocations it lists"
+                    .into(),
+            ),
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in certs(ca, "api.tls.client_ca")? {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("api.tls.client_ca = {:?}: {e}", ca.display()))?;
+                }
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                if let Some(crl) = &tls.client_crl {
+                    verifier = verifier
+                        .with_crls(crls(crl)?)
+                        .only_check_end_entity_revocation();
+                }
+                let verifier = if tls.require_client_cert {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier
+                    .build()
                     .map_err(|e| format!("api.tls.client_ca = {:?}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-            let verifier = if tls.require_client_cert {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| format!("api.tls.client_ca = {:?}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
+        };
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("api.tls: the certificate and key do not go together: {e}"))?;

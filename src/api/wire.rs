@@ -41,19 +41,15 @@ impl Request<'_> {
     }
 
     fn check_json(&self) -> Result<()> {
-        if let Some(ct) = self.content_type {
-            // A header that is not even ASCII is not JSON's media type either.
-            let mime = std::str::from_utf8(ct)
-                .ok()
-                .and_then(|ct| ct.split(';').next())
-                .map(str::trim)
-                .unwrap_or("");
-            if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(ApiError::unsupported_media_type());
-            }
-        }
         if self.body.is_empty() {
             return Err(ApiError::invalid("Request body must be a JSON object"));
+        }
+        // A body must say it is JSON: a browser can send a body with no Content-Type (or a
+        // "simple" one such as text/plain) to any site without asking first; a body declared
+        // application/json it cannot send cross-site without a CORS preflight, which the API
+        // never answers.
+        if !is_json(self.content_type) {
+            return Err(ApiError::unsupported_media_type());
         }
         Ok(())
     }
@@ -64,6 +60,15 @@ impl Request<'_> {
             (k == name).then(|| percent_decode(v, true))
         })
     }
+}
+
+/// Whether a `Content-Type` header says `application/json` (parameters such as `charset` aside).
+pub(super) fn is_json(content_type: Option<&[u8]>) -> bool {
+    content_type
+        .and_then(|ct| std::str::from_utf8(ct).ok())
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim)
+        .is_some_and(|mime| mime.eq_ignore_ascii_case("application/json"))
 }
 
 pub(super) fn json_error(e: &serde_json::Error) -> String {
@@ -79,7 +84,13 @@ pub(super) fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                // Exactly two hex digits: from_str_radix alone would take "+a" as 10.
+                let hex = &bytes[i + 1..i + 3];
+                let hex = hex
+                    .iter()
+                    .all(u8::is_ascii_hexdigit)
+                    .then(|| std::str::from_utf8(hex).ok())
+                    .flatten();
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
                         out.push(b);
@@ -241,4 +252,18 @@ pub(super) fn ok(v: Value) -> Result<Response> {
 
 pub(super) fn no_content() -> Result<Response> {
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_escapes_need_exactly_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Fb%41", false), "a/bA");
+        assert_eq!(percent_decode("%+a", false), "%+a");
+        assert_eq!(percent_decode("%-1", false), "%-1");
+        assert_eq!(percent_decode("%4", false), "%4");
+        assert_eq!(percent_decode("a+b%20c", true), "a b c");
+    }
 }

@@ -11,6 +11,8 @@
 //! The decisions are pure functions of the [`Guard`] and what a request presents; the guard is
 //! built from the config (reading the token files) at start and on every SIGHUP.
 
+pub mod browser;
+mod cert;
 pub mod policy;
 mod tokens;
 
@@ -19,9 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
+pub use cert::ClientCert;
 pub use policy::{Policy, RegistrationConfig, Requester};
 
 /// What a credential lets its holder do.
@@ -99,24 +102,6 @@ pub struct CompatConfig {
     /// credential (as `register`, under the registration policy). Empty: none.
     #[serde(default)]
     pub unauthenticated_register_from: Vec<IpNet>,
-}
-
-/// A TLS client certificate the connection presented and the client CA verified.
-#[derive(Debug, Clone)]
-pub struct ClientCert(pub Arc<CertificateDer<'static>>);
-
-impl ClientCert {
-    /// Whether the certificate is valid for `name` (a DNS name or an IP address) by its
-    /// subject alternative names.
-    pub fn valid_for(&self, name: &str) -> bool {
-        let Ok(cert) = webpki::EndEntityCert::try_from(self.0.as_ref()) else {
-            return false;
-        };
-        match ServerName::try_from(name) {
-            Ok(sn) => cert.verify_is_valid_for_subject_name(&sn).is_ok(),
-            Err(_) => false,
-        }
-    }
 }
 
 /// How a caller got its scope.
@@ -226,7 +211,18 @@ impl Guard {
                 name: t.name.as_str().into(),
                 scope: t.scope,
             });
-            token_digests.extend(digests.into_iter().map(|d| (d, idx)));
+            for d in digests {
+                if let Some(&(_, other)) = token_digests.iter().find(|(x, _)| *x == d) {
+                    let other: &Credential = &credentials[other];
+                    return Err(format!(
+                        "auth.token {:?}: a token in {} is also a token of {:?}; each token must belong to one credential",
+                        t.name,
+                        t.file.display(),
+                        other.name
+                    ));
+                }
+                token_digests.push((d, idx));
+            }
         }
         let mut certs = Vec::new();
         for c in &auth.client_certs {
@@ -243,9 +239,11 @@ impl Guard {
                     c.name
                 ));
             }
-            if c.san != "*" && ServerName::try_from(c.san.as_str()).is_err() {
+            if c.san != "*"
+                && (c.san.contains('*') || ServerName::try_from(c.san.as_str()).is_err())
+            {
                 return Err(format!(
-                    "auth.client_cert {:?}: san = {:?} must be a DNS name, an IP address, or \"*\"",
+                    "auth.client_cert {:?}: san = {:?} must be a DNS name or an IP address (matched exactly), or \"*\"",
                     c.name, c.san
                 ));
             }
@@ -277,11 +275,15 @@ impl Guard {
         self.loopback_only
     }
 
-    /// The credential a certificate maps to: the first `[[auth.client_cert]]` it is valid for.
+    /// The credential a certificate maps to: among the `[[auth.client_cert]]` entries whose
+    /// `san` it names exactly, the one with the least scope (so that a certificate with many
+    /// names never gets more than its weakest mapping); failing that, the first `san = "*"`.
     fn certificate(&self, cert: &ClientCert) -> Option<usize> {
         self.certs
             .iter()
-            .find(|c| c.san == "*" || cert.valid_for(&c.san))
+            .filter(|c| c.san != "*" && cert.names(&c.san))
+            .min_by_key(|c| self.credentials[c.credential].scope)
+            .or_else(|| self.certs.iter().find(|c| c.san == "*"))
             .map(|c| c.credential)
     }
 
@@ -299,7 +301,14 @@ impl Guard {
             credential,
             scope,
             via,
-            cert: p.cert.cloned(),
+            // The certificate speaks for the caller only when it is what let it in: an
+            // unmapped certificate on an open or compat route must not widen what the
+            // registration policy lets that caller claim as its own.
+            cert: if via == Via::Certificate {
+                p.cert.cloned()
+            } else {
+                None
+            },
         };
         let Need::Scope(need) = need else {
             return Ok(caller(None, None, Via::Open));
@@ -374,11 +383,11 @@ impl Guard {
             return Ok(());
         }
         let cert = caller.cert.clone();
-        let valid = move |name: &str| cert.as_ref().is_some_and(|c| c.valid_for(name));
+        let valid = move |name: &str| cert.as_ref().is_some_and(|c| c.names(name));
         let who = Requester {
             addr: caller.addr,
             credential: caller.credential.as_deref(),
-            cert_valid_for: caller
+            cert_names: caller
                 .cert
                 .as_ref()
                 .map(|_| &valid as &dyn Fn(&str) -> bool),

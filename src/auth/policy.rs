@@ -126,16 +126,47 @@ pub struct Policy {
 pub struct Requester<'a> {
     pub addr: IpAddr,
     pub credential: Option<&'a str>,
-    pub cert_valid_for: Option<&'a dyn Fn(&str) -> bool>,
+    pub cert_names: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 impl Requester<'_> {
-    /// Whether `host` is the requester's own: its source address, or in its certificate.
+    /// Whether `host` is the requester's own: its source address, or a name or address its
+    /// certificate names. An address that means "this machine" or nothing in particular
+    /// (loopback, unspecified, link-local, multicast) is never anyone's own: registered, it
+    /// would send every LB's traffic to the LB itself (its API, its stats port). Only an
+    /// explicit `[[registration.allow]]` host rule lets those in.
     fn owns(&self, host: &str) -> bool {
+        if !routable_host(host) {
+            return false;
+        }
         let same_ip = host
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.to_canonical() == self.addr.to_canonical());
-        same_ip || self.cert_valid_for.is_some_and(|valid| valid(host))
+        same_ip || self.cert_names.is_some_and(|names| names(host))
+    }
+}
+
+/// Whether `host` (an address or a name) can be another machine's: not `localhost` and not an
+/// address [`routable`] refuses.
+fn routable_host(host: &str) -> bool {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => routable(ip.to_canonical()),
+        Err(_) => {
+            let h = host.to_ascii_lowercase();
+            h != "localhost" && !h.ends_with(".localhost")
+        }
+    }
+}
+
+/// Whether `ip` can be another machine's address: not loopback, unspecified, link-local or
+/// multicast.
+fn routable(ip: IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
     }
 }
 
@@ -227,11 +258,17 @@ impl Policy {
                     reason: format!("no registration rule covers this client ({addr})"),
                 }),
                 DefaultRule::OwnAddress if who.owns(host) => Ok(()),
+                DefaultRule::OwnAddress if !routable_host(host) => Err(Refusal {
+                    rule: self.default.key().into(),
+                    reason: format!(
+                        "{host} means the LB itself (loopback, link-local or unspecified), which is no client's own address: registered, every LB would send the app's traffic to itself; a [[registration.allow]] hosts rule can allow it"
+                    ),
+                }),
                 DefaultRule::OwnAddress => Err(Refusal {
                     rule: self.default.key().into(),
                     reason: format!(
                         "a client may only register its own address ({addr}){}, not {host}",
-                        if who.cert_valid_for.is_some() {
+                        if who.cert_names.is_some() {
                             " or a name its certificate is valid for"
                         } else {
                             ""
@@ -285,7 +322,7 @@ mod tests {
         Requester {
             addr: addr.parse().unwrap(),
             credential: None,
-            cert_valid_for: None,
+            cert_names: None,
         }
     }
 
@@ -307,13 +344,47 @@ mod tests {
     }
 
     #[test]
+    fn loopback_link_local_and_unspecified_are_nobodys_own_address() {
+        let p = Policy::default();
+        for (client, host) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("169.254.1.1", "169.254.1.1"),
+            ("fe80::1", "fe80::1"),
+            ("10.0.1.5", "localhost"),
+            ("10.0.1.5", "0.0.0.0"),
+        ] {
+            assert!(
+                p.check(&from(client), "web", host).is_err(),
+                "{client} registering {host}"
+            );
+        }
+        // A certificate naming localhost does not make it anyone's either.
+        let names = |h: &str| h == "localhost" || h == "127.0.0.1";
+        let who = Requester {
+            addr: "10.0.1.5".parse().unwrap(),
+            credential: None,
+            cert_names: Some(&names),
+        };
+        assert!(p.check(&who, "web", "localhost").is_err());
+        assert!(p.check(&who, "web", "127.0.0.1").is_err());
+        // An explicit host rule can still allow them (a node's own health checker, say).
+        let p = policy(
+            "[[allow]]\nname = \"local\"\nclients = [\"127.0.0.0/8\"]\napps = [\"web\"]\nhosts = [\"127.0.0.1/32\"]",
+            &[],
+        );
+        assert!(p.check(&from("127.0.0.1"), "web", "127.0.0.1").is_ok());
+    }
+
+    #[test]
     fn a_certificate_vouches_for_the_names_it_is_valid_for() {
         let p = Policy::default();
         let valid = |h: &str| h == "app1.example.com" || h == "10.0.9.9";
         let who = Requester {
             addr: "10.0.1.5".parse().unwrap(),
             credential: Some("apps"),
-            cert_valid_for: Some(&valid),
+            cert_names: Some(&valid),
         };
         assert!(p.check(&who, "web", "app1.example.com").is_ok());
         assert!(p.check(&who, "web", "10.0.9.9").is_ok());
@@ -342,7 +413,7 @@ mod tests {
         let deploy = Requester {
             addr: "10.9.9.9".parse().unwrap(),
             credential: Some("deploy"),
-            cert_valid_for: None,
+            cert_names: None,
         };
         assert!(p.check(&deploy, "web", "10.0.1.20").is_ok());
         assert!(p.check(&deploy, "api", "db.internal").is_ok());
@@ -392,18 +463,18 @@ mod tests {
 
     proptest! {
         /// With no rules, a registration is allowed exactly when the host is the client's own
-        /// address.
+        /// address and that address can be another machine's (not loopback and the like).
         #[test]
         fn own_address_default_allows_exactly_the_own_address(a in any::<u32>(), b in any::<u32>()) {
             let client = std::net::Ipv4Addr::from(a);
             let host = std::net::Ipv4Addr::from(b).to_string();
-            let who = Requester { addr: IpAddr::V4(client), credential: None, cert_valid_for: None };
+            let who = Requester { addr: IpAddr::V4(client), credential: None, cert_names: None };
             let ok = Policy::default().check(&who, "web", &host).is_ok();
-            prop_assert_eq!(ok, client.to_string() == host);
+            prop_assert_eq!(ok, client.to_string() == host && routable(IpAddr::V4(client)));
         }
 
         /// A rule that covers a client decides which apps it may register; for those apps its
-        /// own address always stays allowed, and for the others nothing is.
+        /// own (routable) address always stays allowed, and for the others nothing is.
         #[test]
         fn covering_rules_never_take_the_own_address_away(a in any::<u32>(), apps in proptest::sample::subsequence(vec!["web", "api", "*"], 1..3)) {
             let client = std::net::Ipv4Addr::from(a);
@@ -418,10 +489,11 @@ mod tests {
                 }],
             };
             let p = Policy::new(&cfg, &[]).unwrap();
-            let who = Requester { addr: IpAddr::V4(client), credential: None, cert_valid_for: None };
+            let who = Requester { addr: IpAddr::V4(client), credential: None, cert_names: None };
             for app in ["web", "api"] {
                 let allowed_app = apps.contains(&"*") || apps.contains(&app);
-                prop_assert_eq!(p.check(&who, app, &client.to_string()).is_ok(), allowed_app);
+                let own = routable(IpAddr::V4(client));
+                prop_assert_eq!(p.check(&who, app, &client.to_string()).is_ok(), allowed_app && own);
             }
         }
     }

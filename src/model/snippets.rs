@@ -422,8 +422,9 @@ const SERVER_ARGS: &[(&str, T)] = &[
     ),
     ("on-marked-down", OneOf(&["shutdown-sessions"])),
     ("on-marked-up", OneOf(&["shutdown-backup-sessions"])),
-    // `verify required` needs a CA file, which is a file argument: only `none`.
-    ("verify", OneOf(&["none"])),
+    // No `verify`: `verify required` needs a CA file (a file argument), and `verify none` would
+    // let an API client turn off the check of a server's certificate. TLS to servers works when
+    // the template sets the CA (`default-server ca-file ...`) or, on a trusted LAN, `verify none`.
     ("resolve-prefer", OneOf(&["ipv4", "ipv6"])),
     ("pool-max-conn", Int(0, 100_000)),
     ("pool-purge-delay", Time),
@@ -444,12 +445,15 @@ pub(crate) fn is_value(t: &str) -> bool {
     !t.is_empty() && t.len() <= MAX_LINE_LEN && t.chars().all(is_value_char)
 }
 
+/// A HAProxy time of at least one unit: `0` means "no timeout" to HAProxy, which an API client
+/// must not be able to set (`timeout client 0` invites slow clients to hold connections).
 fn is_time(t: &str) -> bool {
     let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &t[digits.len()..];
     !digits.is_empty()
         && digits.len() <= 9
         && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
         && matches!(unit, "" | "us" | "ms" | "s" | "m" | "h" | "d")
 }
 
@@ -674,6 +678,14 @@ pub fn validate_raw_line(field: &str, line: &str) -> Result<(), Invalid> {
         return Err(Invalid::new(
             field,
             format!("{line:?} must not open a new section ({first})"),
+        ));
+    }
+    // `.if`/`.else`/`.endif` would let lines of several entities hide the ones between them,
+    // and `.diag`/`.alert` and the like are the config's own directives, not an entity's.
+    if first.starts_with('.') {
+        return Err(Invalid::new(
+            field,
+            format!("{line:?} must not be a config-file directive ({first})"),
         ));
     }
     Ok(())
@@ -996,6 +1008,7 @@ mod tests {
             "ca-file /x",
             "sni req.hdr(host)",
             "verify required",
+            "ssl verify none",
             "weight 300",
             "maxconn",
         ] {
@@ -1010,6 +1023,11 @@ mod tests {
     fn sections_have_their_own_directives() {
         assert!(allowed(Section::Frontend, "timeout client 5s"));
         assert!(!allowed(Section::Backend, "timeout client 5s"));
+        // Zero means "no timeout" to HAProxy.
+        assert!(!allowed(Section::Frontend, "timeout client 0"));
+        assert!(!allowed(Section::Frontend, "timeout http-request 0s"));
+        assert!(!allowed(Section::Backend, "timeout server 000ms"));
+        assert!(allowed(Section::Backend, "timeout server 10s"));
         assert!(allowed(Section::Backend, "retries 3"));
         assert!(!allowed(Section::Frontend, "retries 3"));
     }
@@ -1033,6 +1051,9 @@ mod tests {
             " ",
             "a\u{2028}b",
             "a\0b",
+            ".if 0",
+            ".endif",
+            ".diag x",
         ] {
             assert!(
                 validate_line("extra", Section::Frontend, line, Snippets::Raw).is_err(),

@@ -324,13 +324,22 @@ fn screen<'a>(
     }
 }
 
-/// An API address a member advertises, if it is a plain `host:port` (a peer may send anything).
+/// An API address a member advertises, if it is a plain `host:port` or `[v6]:port` (a peer
+/// may send anything).
 fn safe_api_addr(addr: &Option<String>) -> Option<String> {
     let a = addr.as_deref()?;
+    if a.starts_with('[') {
+        return a
+            .parse::<std::net::SocketAddr>()
+            .is_ok()
+            .then(|| a.to_string());
+    }
     let (host, port) = a.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (model::validate_host("api_addr", host).is_ok() && model::parse_port("api_addr", port).is_ok())
-        .then(|| a.to_string())
+    let plain = !host.contains(['[', ']', ':']);
+    (plain
+        && model::validate_host("api_addr", host).is_ok()
+        && model::parse_port("api_addr", port).is_ok())
+    .then(|| a.to_string())
 }
 
 /// Builds the context for one template from the node's view, with free-form lines checked
@@ -383,9 +392,12 @@ fn build_inner(
         node: NodeCtx {
             id: node_id.to_string(),
         },
+        // A member's id comes from its peer as it is: one that is not a plain name (a hostile
+        // peer's `x\nlua-load ...`) is left out rather than handed to a template.
         members: nv
             .members
             .iter()
+            .filter(|m| crate::config::is_node_id(&m.node_id))
             .map(|m| MemberCtx {
                 node_id: m.node_id.clone(),
                 gossip_addr: m.gossip_addr.to_string(),

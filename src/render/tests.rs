@@ -561,10 +561,9 @@ async fn every_allowed_form_and_server_option_passes_haproxy_check() {
         }
     }
     for (n, opts) in options.iter().enumerate() {
-        // TLS to a server needs `verify none` (a CA would be a file argument).
+        // TLS to a server needs a CA or `verify none`, which is the template's to set.
         let with = match opts.as_str() {
             "ssl" | "check-ssl" => format!("{opts} verify none"),
-            o if o.starts_with("verify") => format!("ssl {o}"),
             o => o.to_string(),
         };
         text.push_str(&format!("backend o{n}\n    server s 127.0.0.1:1 {with}\n"));
@@ -621,6 +620,53 @@ async fn every_allow_listed_example_passes_haproxy_check() {
     drop(staged);
     std::fs::remove_dir_all(&dir).unwrap();
     result.unwrap();
+}
+
+/// Members come from peers as they are: an id that is not a node id is left out, and an API
+/// address that is not a plain `host:port` is rendered as none.
+#[test]
+fn hostile_member_ids_and_api_addresses_never_reach_a_template() {
+    let mut nv = fixture(1_000);
+    let peer = |id: &str, api: &str| Member {
+        node_id: id.into(),
+        gossip_addr: "10.0.9.3:1730".parse().unwrap(),
+        api_addr: Some(api.into()),
+        live: true,
+        is_self: false,
+        clock_offset_ms: None,
+    };
+    nv.members
+        .push(peer("x\nlua-load /tmp/p.lua", "10.0.9.3:1729"));
+    for (i, api) in [
+        "a]:80",
+        "[[::1]]]:80",
+        "[::1]:80",
+        "lb-9.example:1729",
+        "h:1:2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        nv.members.push(peer(&format!("lb-{}", 10 + i), api));
+    }
+    let ctx = context::build("lb-1", &nv, &BTreeMap::new());
+    let members: Vec<(&str, Option<&str>)> = ctx
+        .members
+        .iter()
+        .map(|m| (m.node_id.as_str(), m.api_addr.as_deref()))
+        .collect();
+    assert_eq!(
+        members,
+        vec![
+            ("lb-1", Some("10.0.9.1:1729")),
+            ("lb-2", None),
+            ("lb-10", None),
+            ("lb-11", None),
+            ("lb-12", Some("[::1]:80")),
+            ("lb-13", Some("lb-9.example:1729")),
+            ("lb-14", None),
+        ]
+    );
 }
 
 /// A backend a peer sent with lines this node does not allow is left out of the render and

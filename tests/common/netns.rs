@@ -168,3 +168,24 @@ impl Hosts {
         vec!["ip".into(), "netns".into(), "exec".into(), self.ns(i)]
     }
 }
+
+/// Addresses of this host that are not loopback, as app servers on other machines would have:
+/// the test-host bridge of a [`Hosts`] with `n` addresses on it (kept while it lives).
+pub fn own_addresses(n: usize) -> (Hosts, Vec<String>) {
+    let hosts = Hosts::new(1);
+    let base = hosts.bridge_ip();
+    let prefix = base.rsplit_once('.').unwrap().0.to_string();
+    let mut addrs = vec![base];
+    for i in 1..n {
+        let a = format!("{prefix}.{}", 254 - i);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            &format!("{}m", hosts.tag),
+        ]);
+        addrs.push(a);
+    }
+    (hosts, addrs)
+}
