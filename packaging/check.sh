@@ -340,11 +340,17 @@ code=$(curl -sS --max-time 5 -o "$work/refused" -w '%{http_code}' -X POST "${REG
 [ "$code" = 403 ] || fail "a register token's POST /backends got $code: $(cat "$work/refused")"
 grep -q 'API write refused.*client=127.0.0.1' "$work/agent.log" || fail "no log line for the refused writes"
 ok "writes without a token are 401, with too little scope 403, and logged with the client address"
-curl -fsS --max-time 5 -X POST "${REGISTER[@]}" "$API/registrations/web/1.0.0/127.0.0.1/8080" >/dev/null \
+# The register token may not point an app at the LB itself (loopback is nobody's own address):
+# every LB would send that app's traffic to its own API. The admin token may.
+code=$(curl -sS --max-time 5 -o "$work/refused" -w '%{http_code}' -X POST "${REGISTER[@]}" \
+    "$API/registrations/web/1.0.0/127.0.0.1/8080")
+[ "$code" = 403 ] && grep -q 'the LB itself' "$work/refused" \
+    || fail "a register token registering 127.0.0.1 got $code: $(cat "$work/refused")"
+curl -fsS --max-time 5 -X POST "${ADMIN[@]}" "$API/registrations/web/1.0.0/127.0.0.1/8080" >/dev/null \
     || fail "POST /registrations/web/1.0.0/127.0.0.1/8080"
 regs=$(curl -fsS --max-time 5 "${ADMIN[@]}" "$API/registrations/web") || fail "GET /registrations/web"
 grep -q '"port":8080' <<<"$regs" || fail "the registration is not listed by GET /registrations/web: $regs"
-ok "registration round trip through the packaged node"
+ok "registration round trip through the packaged node (loopback refused to the register token)"
 
 step "the node drives HAProxy: frontend 127.0.0.1:$FRONTEND_PORT -> the node's own API"
 json() { curl -fsS --max-time 5 -X "$1" "${ADMIN[@]}" -H 'content-type: application/json' -d "$3" "$API$2" >/dev/null; }
@@ -354,7 +360,7 @@ json POST /frontends "{\"name\":\"check\",\"backend\":\"check\",\"bind\":\"127.0
 # The backend's one server is the node's API: a request through HAProxy comes back from /health.
 deadline=$((SECONDS + 30))
 until curl -fsS --max-time 1 "http://127.0.0.1:$FRONTEND_PORT/health" >"$work/through" 2>/dev/null; do
-    curl -fsS --max-time 2 -X POST "${REGISTER[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
+    curl -fsS --max-time 2 -X POST "${ADMIN[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
         || fail "POST /registrations/check/1/127.0.0.1/1729"
     if [ "$SECONDS" -ge "$deadline" ]; then
         cat "$work/agent.log" "$work/haproxy.log" >&2
@@ -387,7 +393,7 @@ json POST /frontends "{\"name\":\"check2\",\"backend\":\"check\",\"bind\":\"127.
 deadline=$((SECONDS + 30))
 until curl -fsS --max-time 1 "http://127.0.0.1:$FRONTEND_PORT2/health" >/dev/null 2>&1 \
     && grep -q 'applied a new config.*verified=true' "$work/agent.log"; do
-    curl -fsS --max-time 2 -X POST "${REGISTER[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
+    curl -fsS --max-time 2 -X POST "${ADMIN[@]}" "$API/registrations/check/1/127.0.0.1/1729" >/dev/null \
         || fail "POST /registrations/check/1/127.0.0.1/1729"
     if [ "$SECONDS" -ge "$deadline" ]; then
         cat "$work/agent.log" "$work/haproxy.log" >&2
