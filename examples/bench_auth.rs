@@ -1,7 +1,9 @@
 //! What credentials cost: renewals per second on one real node under wrk, (1) with no
 //! credentials configured (loopback is admin: the figure before tokens existed), (2) with a
 //! `register` token over plain HTTP, each renewal for the client's own address (so the token
-//! lookup and the registration policy run on every request), (3) the same over TLS.
+//! lookup and the registration policy run on every request), (3) the same over TLS. Loopback
+//! is nobody's own address, so (2) and (3) connect to this machine's first non-loopback IPv4
+//! address (`hostname -I`), which is then the client's source address.
 //!
 //! Run: `apt-get install -y wrk && cargo build --release && cargo run --release --example bench_auth`
 
@@ -40,7 +42,7 @@ fn start(dir: &Path, config: &str) -> (Node, u16) {
     let child = Command::new(binary)
         .args(["agent", "--config"])
         .arg(&path)
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--api-listen", &format!("0.0.0.0:{api}")])
         .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
         .env("BENDER_LOG", "warn")
         .stdout(Stdio::null())
@@ -93,6 +95,16 @@ end
     format!("{rps}; {errors}")
 }
 
+/// This machine's first non-loopback IPv4 address.
+fn own_address() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback() && !a.is_link_local())
+        .map(|a| a.to_string())
+}
+
 fn main() {
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("bench_auth: needs wrk (apt-get install -y wrk)");
@@ -114,7 +126,9 @@ fn main() {
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
         .unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+    let mut names = vec!["127.0.0.1".to_string()];
+    names.extend(own_address());
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
@@ -139,22 +153,18 @@ fn main() {
         let r = wrk(&format!("http://127.0.0.1:{port}"), "10.0.0.1", None);
         println!("no credentials configured (loopback), plain HTTP: {r}");
     }
+    let Some(own) = own_address() else {
+        println!("bench_auth: this machine has no non-loopback IPv4 address for the token runs");
+        return;
+    };
     {
         let (_node, port) = start(&dir, &tokens);
-        let r = wrk(
-            &format!("http://127.0.0.1:{port}"),
-            "127.0.0.1",
-            Some(TOKEN),
-        );
+        let r = wrk(&format!("http://{own}:{port}"), &own, Some(TOKEN));
         println!("register token, own address, plain HTTP:         {r}");
     }
     {
         let (_node, port) = start(&dir, &format!("{tls}\n{tokens}"));
-        let r = wrk(
-            &format!("https://127.0.0.1:{port}"),
-            "127.0.0.1",
-            Some(TOKEN),
-        );
+        let r = wrk(&format!("https://{own}:{port}"), &own, Some(TOKEN));
         println!("register token, own address, TLS (keep-alive):   {r}");
     }
     let _ = std::fs::remove_dir_all(&dir);
