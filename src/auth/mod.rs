@@ -555,6 +555,19 @@ mod tests {
         assert!(g
             .authorize(&p("10.2.0.9"), Need::Scope(Scope::Admin), true)
             .is_err());
+        // A certificate that maps to no credential does not speak for a compat caller: it
+        // may register its own address, not the names in the certificate.
+        let params = rcgen::CertificateParams::new(vec!["10.0.0.9".to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = ClientCert(Arc::new(params.self_signed(&key).unwrap().der().clone()));
+        let with_cert = Presented {
+            cert: Some(&cert),
+            ..p("10.2.0.9")
+        };
+        let caller = g.authorize(&with_cert, register, true).unwrap();
+        assert_eq!((caller.via, caller.cert.is_none()), (Via::Compat, true));
+        assert!(g.check_registration(&caller, "web", "10.0.0.9").is_err());
+        assert!(g.check_registration(&caller, "web", "10.2.0.9").is_ok());
     }
 
     #[test]
@@ -614,5 +627,28 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("client_ca"), "{e}");
+        // One token in two credentials' files: which scope it has would depend on file order.
+        let dir = std::env::temp_dir().join(format!("bender-auth-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _files = Files(dir.clone());
+        let e = load(AuthConfig {
+            tokens: vec![
+                TokenConfig {
+                    name: "ops".into(),
+                    scope: Scope::Admin,
+                    file: token_file(&dir, "ops", &[ADMIN]),
+                },
+                TokenConfig {
+                    name: "apps".into(),
+                    scope: Scope::Register,
+                    file: token_file(&dir, "apps", &[REGISTER, ADMIN]),
+                },
+            ],
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("auth.token \"apps\"") && e.contains("\"ops\""),
+            "{e}"
+        );
     }
 }
