@@ -3,6 +3,10 @@
 
 use serde::Deserialize;
 
+use crate::model::RegKey;
+use crate::node::RegisterError;
+use crate::registry::Registry;
+
 /// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,5 +80,69 @@ impl Limits {
         )?;
         check("limits.max_event_streams", self.max_event_streams, 100_000)?;
         Ok(())
+    }
+}
+
+/// Refuses a registration `r` does not hold yet once `limits` are reached (a renewal of one it
+/// holds always passes).
+pub fn admit(r: &Registry, limits: &Limits, key: &RegKey) -> Result<(), RegisterError> {
+    if r.leases.contains_key(key) {
+        return Ok(());
+    }
+    if r.leases.len() >= limits.max_registrations {
+        return Err(RegisterError::Limit(
+            String::new(),
+            limits.max_registrations,
+            "",
+        ));
+    }
+    if r.leases_of_app(&key.app) >= limits.max_registrations_per_app {
+        return Err(RegisterError::Limit(
+            format!(" of app {}", key.app),
+            limits.max_registrations_per_app,
+            "_per_app",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod admit_tests {
+    use super::*;
+    use crate::hlc::Stamp;
+    use crate::registry::{Lease, Record};
+
+    fn holding(keys: &[(&str, u16)]) -> Registry {
+        let mut r = Registry::default();
+        for (i, (app, port)) in keys.iter().enumerate() {
+            let lease = Lease {
+                stamp: Stamp(1_000 + i as u64, 0, "n".into()),
+                deadline_ms: 100_000,
+                ttl_ms: 99_000,
+                meta: Default::default(),
+            };
+            let key = RegKey::new(app, "1", "10.0.0.1", *port).unwrap();
+            r.insert(Record::Lease(key, lease), i as u64);
+        }
+        r
+    }
+
+    #[test]
+    fn a_new_registration_past_either_limit_is_refused_and_a_renewal_never_is() {
+        let limits = Limits {
+            max_registrations: 3,
+            max_registrations_per_app: 2,
+            ..Limits::default()
+        };
+        let key = |app: &str, port| RegKey::new(app, "1", "10.0.0.1", port).unwrap();
+        let r = holding(&[("web", 1), ("web", 2)]);
+        let e = admit(&r, &limits, &key("web", 3)).unwrap_err().to_string();
+        assert!(e.contains("max_registrations_per_app"), "{e}");
+        assert!(admit(&r, &limits, &key("web", 2)).is_ok(), "a renewal");
+        assert!(admit(&r, &limits, &key("api", 1)).is_ok());
+        let r = holding(&[("web", 1), ("web", 2), ("api", 1)]);
+        let e = admit(&r, &limits, &key("db", 1)).unwrap_err().to_string();
+        assert!(e.contains("max_registrations)"), "{e}");
+        assert!(admit(&r, &limits, &key("api", 1)).is_ok(), "a renewal");
     }
 }

@@ -409,15 +409,29 @@ impl Node {
 
     /// Puts a record into this node's keyspace and the local registry.
     async fn write(&self, record: Record) {
+        let admitted: Result<(), std::convert::Infallible> =
+            self.write_if(record, |_| Ok(())).await;
+        let Ok(()) = admitted;
+    }
+
+    /// [`Node::write`], once `admit` accepts the registry as it is just before the write: both
+    /// under the locks every write takes, so that no other write comes between the check and
+    /// this one (the `[limits]` are exact, not passed by concurrent writes).
+    async fn write_if<E>(
+        &self,
+        record: Record,
+        admit: impl FnOnce(&registry::Registry) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (key, value) = registry::encode(&record);
         let marker = (record.stamp().clone(), registry::digest(value.as_bytes()));
         // The chitchat lock is taken first and the registry lock inside it, everywhere, so
         // that the registry never lags what peers can already see.
         let now = self.now_ms();
         let mut cc = self.inner.chitchat.lock().await;
-        cc.self_node_state().set(key.clone(), value);
         let changes_view = {
             let mut local = self.inner.local.lock().expect("local lock");
+            admit(&local.registry)?;
+            cc.self_node_state().set(key.clone(), value);
             local.own.insert(key, marker.clone());
             let changes = local.registry.changes_view(&record, now);
             local.registry.insert(record, marker.1);
@@ -428,6 +442,7 @@ impl Node {
             self.inner.dirty.notify_one();
         }
         self.inner.push.notify_one();
+        Ok(())
     }
 
     /// Checks a TTL against the configured bounds.
@@ -457,7 +472,6 @@ impl Node {
         let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
         self.check_ttl(ttl)?;
         crate::model::validate_meta(&meta)?;
-        self.check_limits(&key)?;
         let stamp = self.inner.hlc.stamp();
         let now = self.inner.hlc.now_ms();
         let ttl_ms = ttl.as_millis() as u64;
@@ -468,34 +482,11 @@ impl Node {
             meta,
         };
         let live = lease.live_registration(&key);
-        self.write(Record::Lease(key, lease)).await;
-        Ok(live)
-    }
-
-    /// Refuses a registration the registry does not hold yet once `[limits]` are reached (a
-    /// renewal of one it holds always passes). Soft: concurrent writes may pass it by a few.
-    fn check_limits(&self, key: &RegKey) -> Result<(), RegisterError> {
         let limits = &self.inner.config.limits;
-        let local = self.inner.local.lock().expect("local lock");
-        let r = &local.registry;
-        if r.leases.contains_key(key) {
-            return Ok(());
-        }
-        if r.leases.len() >= limits.max_registrations {
-            return Err(RegisterError::Limit(
-                String::new(),
-                limits.max_registrations,
-                "",
-            ));
-        }
-        if r.leases_of_app(&key.app) >= limits.max_registrations_per_app {
-            return Err(RegisterError::Limit(
-                format!(" of app {}", key.app),
-                limits.max_registrations_per_app,
-                "_per_app",
-            ));
-        }
-        Ok(())
+        let admit = |r: &registry::Registry| crate::limits::admit(r, limits, &key);
+        self.write_if(Record::Lease(key.clone(), lease), admit)
+            .await?;
+        Ok(live)
     }
 
     /// Ends a lease now: a newer lease whose deadline has already passed.
