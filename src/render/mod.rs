@@ -116,7 +116,9 @@ pub fn spawn(
     let (done_tx, done) = watch::channel(());
     let compiled = Arc::new(std::sync::RwLock::new(vec![None; templates.len()]));
     let resolver = resolve::Resolver::new();
+    let (loaded_tx, loaded) = watch::channel(false);
     let preflight = Preflight {
+        loaded,
         templates: templates.clone(),
         compiled: compiled.clone(),
         views: views.clone(),
@@ -137,7 +139,7 @@ pub fn spawn(
     );
     // A worker that panics or ends while its stage runs is a failure of the node.
     supervise::spawn("render", failures, shutdown.clone(), async move {
-        worker.run(views, shutdown).await;
+        worker.run(views, shutdown, loaded_tx).await;
         drop(done_tx);
     });
     RenderHandle {

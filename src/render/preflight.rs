@@ -70,6 +70,8 @@ pub struct Refusal {
 /// Checks writes against the templates the render stage runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Preflight {
+    /// True once the worker has loaded the templates (the first time).
+    pub(crate) loaded: watch::Receiver<bool>,
     pub(crate) templates: Vec<TemplateConfig>,
     /// The last version of each template that parsed, shared with the worker.
     pub(crate) compiled: Arc<RwLock<Vec<Option<Arc<Compiled>>>>>,
@@ -170,6 +172,9 @@ impl Preflight {
     /// Whether `change` may be made: `Err` with HAProxy's words when a template's check
     /// refuses the view with it, for reasons it causes.
     pub async fn check(&self, change: &Change) -> Result<(), Refusal> {
+        // A write that arrives while the stage starts waits for the templates: checked late
+        // rather than not at all. (If the stage is gone, the node is stopping anyway.)
+        let _ = self.loaded.clone().wait_for(|l| *l).await;
         let _permit = self.gate.acquire().await;
         let base = self.views.borrow().clone();
         let with = change.apply_to(&base);

@@ -149,8 +149,12 @@ impl Worker {
         mut self,
         mut views: watch::Receiver<Arc<NodeView>>,
         mut shutdown: Shutdown,
+        loaded: watch::Sender<bool>,
     ) {
         self.load_templates().await;
+        // The preflight check of writes waits for this: before it, no template is compiled
+        // and a write would pass unchecked.
+        let _ = loaded.send(true);
         self.remove_stray_files().await;
         self.load_last_good().await;
         // What HAProxy runs before the first apply: a crash between rename and reload left the
