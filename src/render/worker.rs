@@ -152,10 +152,11 @@ impl Worker {
         loaded: watch::Sender<bool>,
     ) {
         self.load_templates().await;
-        // The preflight check of writes waits for this: before it, no template is compiled
-        // and a write would pass unchecked.
-        let _ = loaded.send(true);
         self.remove_stray_files().await;
+        // The preflight check of writes waits for this: before it no template is compiled (a
+        // write would pass unchecked), and the stray-file sweep above would take the
+        // preflight's own temp file from under its check.
+        let _ = loaded.send(true);
         self.load_last_good().await;
         // What HAProxy runs before the first apply: a crash between rename and reload left the
         // file ahead of it, and the first apply must reload it.
