@@ -72,6 +72,8 @@ pub struct FileConfig {
     pub dead_node_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub clock_offset_warn: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_clock_drift: Option<Duration>,
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub api: Option<ApiConfig>,
@@ -134,6 +136,8 @@ pub struct Config {
     /// How long chitchat keeps a dead node's state.
     pub dead_node_grace: Duration,
     pub clock_offset_warn: Duration,
+    /// Records from peers stamped further ahead of the local clock than this are refused.
+    pub max_clock_drift: Duration,
     pub max_body_bytes: u64,
     /// Connection hygiene, TLS and config snippets (`[api]`).
     pub api: ApiConfig,
@@ -245,6 +249,7 @@ impl Config {
             tombstone_ttl: file.tombstone_ttl.unwrap_or(Duration::from_secs(2 * 3600)),
             dead_node_grace: file.dead_node_grace.unwrap_or(Duration::from_secs(3600)),
             clock_offset_warn: file.clock_offset_warn.unwrap_or(Duration::from_millis(200)),
+            max_clock_drift: file.max_clock_drift.unwrap_or(Duration::from_secs(60)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             api: file.api.unwrap_or_default(),
             auth: file.auth.unwrap_or_default(),
@@ -297,6 +302,10 @@ impl Config {
         check(
             self.clock_offset_warn != new.clock_offset_warn,
             "clock_offset_warn",
+        );
+        check(
+            self.max_clock_drift != new.max_clock_drift,
+            "max_clock_drift",
         );
         check(self.max_body_bytes != new.max_body_bytes, "max_body_bytes");
         // [api.tls], [auth], [registration], [compat] and api.config_snippets are re-read on
@@ -385,6 +394,15 @@ impl Config {
                 "gossip_interval",
                 ms(self.gossip_interval),
                 "between 10ms and 10s",
+            ));
+        }
+        if self.max_clock_drift < Duration::from_secs(1)
+            || self.max_clock_drift >= self.tombstone_ttl
+        {
+            return Err(invalid(
+                "max_clock_drift",
+                ms(self.max_clock_drift),
+                "at least 1s and shorter than tombstone_ttl",
             ));
         }
         if self.tombstone_ttl <= self.dead_node_grace {

@@ -6,7 +6,7 @@
 //! never share a stamp.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,18 +63,43 @@ impl Stamp {
     }
 }
 
+/// A stamp further ahead of the local clock than the drift bound allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stamp {ahead_ms} ms ahead of this node's clock (max_clock_drift is {max_ms} ms)")]
+pub struct TooFarAhead {
+    pub ahead_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Whether a stamp is acceptable at local time `now_ms`: not more than `max_drift_ms` ahead.
+/// One peer with a clock set to 2100 must not drag every node's stamps (and with them tombstone
+/// expiry) into the future.
+pub fn check_drift(stamp: &Stamp, now_ms: u64, max_drift_ms: u64) -> Result<(), TooFarAhead> {
+    let ahead_ms = stamp.0.saturating_sub(now_ms);
+    if ahead_ms > max_drift_ms {
+        return Err(TooFarAhead {
+            ahead_ms,
+            max_ms: max_drift_ms,
+        });
+    }
+    Ok(())
+}
+
 /// The node's hybrid logical clock.
 pub struct Hlc {
     node: String,
     clock: Arc<dyn Clock>,
+    max_drift_ms: u64,
     last: Mutex<(u64, u32)>,
 }
 
 impl Hlc {
-    pub fn new(node: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+    /// A clock for `node` that refuses to observe stamps more than `max_drift` ahead.
+    pub fn new(node: impl Into<String>, clock: Arc<dyn Clock>, max_drift: Duration) -> Self {
         Hlc {
             node: node.into(),
             clock,
+            max_drift_ms: max_drift.as_millis() as u64,
             last: Mutex::new((0, 0)),
         }
     }
@@ -100,12 +125,15 @@ impl Hlc {
         Stamp(last.0, last.1, self.node.clone())
     }
 
-    /// Moves the clock past a stamp seen from another node, so later local writes order after it.
-    pub fn observe(&self, stamp: &Stamp) {
+    /// Moves the clock past a stamp seen from another node, so later local writes order after
+    /// it; refuses (and does not move for) a stamp further ahead than the drift bound.
+    pub fn observe(&self, stamp: &Stamp) -> Result<(), TooFarAhead> {
+        check_drift(stamp, self.clock.now_ms(), self.max_drift_ms)?;
         let mut last = self.last.lock().expect("hlc lock is never poisoned");
         if (stamp.0, stamp.1) > *last {
             *last = (stamp.0, stamp.1);
         }
+        Ok(())
     }
 }
 
@@ -113,10 +141,12 @@ impl Hlc {
 mod tests {
     use super::*;
 
+    const DRIFT: Duration = Duration::from_secs(60);
+
     #[test]
     fn stamps_increase_even_when_the_clock_stands_still_or_goes_back() {
         let clock = ManualClock::new(1_000);
-        let hlc = Hlc::new("a", Arc::new(clock.clone()));
+        let hlc = Hlc::new("a", Arc::new(clock.clone()), DRIFT);
         let s1 = hlc.stamp();
         let s2 = hlc.stamp();
         assert!(s2 > s1);
@@ -131,9 +161,22 @@ mod tests {
     #[test]
     fn observing_a_later_stamp_orders_local_writes_after_it() {
         let clock = ManualClock::new(1_000);
-        let hlc = Hlc::new("a", Arc::new(clock));
+        let hlc = Hlc::new("a", Arc::new(clock), DRIFT);
         let remote = Stamp(5_000, 7, "b".into());
-        hlc.observe(&remote);
+        hlc.observe(&remote).unwrap();
         assert!(hlc.stamp() > remote);
+    }
+
+    #[test]
+    fn a_stamp_further_ahead_than_the_drift_bound_is_refused_and_not_observed() {
+        let clock = ManualClock::new(1_000);
+        let hlc = Hlc::new("a", Arc::new(clock), DRIFT);
+        let year_2100 = Stamp(4_102_444_800_000, 0, "b".into());
+        let err = hlc.observe(&year_2100).unwrap_err();
+        assert_eq!(err.max_ms, 60_000);
+        assert!(hlc.stamp().0 < 100_000, "the clock was dragged ahead");
+        // Just inside the bound is fine.
+        hlc.observe(&Stamp(61_000, 0, "b".into())).unwrap();
+        assert!(hlc.stamp() > Stamp(61_000, 0, "b".into()));
     }
 }

@@ -122,7 +122,7 @@ mod admit_tests {
                 meta: Default::default(),
             };
             let key = RegKey::new(app, "1", "10.0.0.1", *port).unwrap();
-            r.insert(Record::Lease(key, lease), i as u64);
+            r.insert(Record::Lease(key, lease), &i.to_string());
         }
         r
     }

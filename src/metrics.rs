@@ -14,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::NodeView;
-use crate::events::Event;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
@@ -29,11 +28,6 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberLabels {
     pub state: &'static str,
 }
@@ -43,7 +37,6 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub api_requests: Family<ApiLabels, Counter>,
     pub api_refused: Family<RefusedLabels, Counter>,
-    pub events: Family<EventLabels, Counter>,
     pub registrations_live: Gauge,
     pub backends: Gauge,
     pub frontends: Gauge,
@@ -79,12 +72,6 @@ impl Metrics {
             "API requests refused: no valid credential (unauthenticated), not enough scope (forbidden), or the registration policy",
             api_refused.clone(),
         );
-        let events = Family::<EventLabels, Counter>::default();
-        registry.register(
-            "events",
-            "Changes this node observed (online, offline, backend/frontend updated or deleted)",
-            events.clone(),
-        );
         let registrations_live = Gauge::default();
         registry.register(
             "registrations_live",
@@ -119,7 +106,6 @@ impl Metrics {
             registry: Mutex::new(registry),
             api_requests,
             api_refused,
-            events,
             registrations_live,
             backends,
             frontends,
@@ -133,12 +119,6 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .register_collector(collector);
-    }
-
-    pub fn record_event(&self, event: &Event) {
-        self.events
-            .get_or_create(&EventLabels { kind: event.kind() })
-            .inc();
     }
 
     pub fn record_view(&self, nv: &NodeView) {

@@ -83,7 +83,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     let nodes = start_three(&transport, &clock).await;
 
     nodes[0]
-        .put(backend("v0"), WriteMode::Create, Snippets::AllowListed)
+        .write_entity(backend("v0"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     wait_for("the backend reaches every node", || {
@@ -98,7 +98,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     // Conflicting writes on both sides; n2's is later on the (shared) clock.
     clock.advance(10);
     nodes[0]
-        .put(backend("a"), WriteMode::Update, Snippets::AllowListed)
+        .write_entity(backend("a"), WriteMode::Update, Snippets::AllowListed)
         .await
         .unwrap();
     let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
@@ -112,7 +112,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
         .unwrap();
     clock.advance(10);
     nodes[1]
-        .put(backend("b"), WriteMode::Update, Snippets::AllowListed)
+        .write_entity(backend("b"), WriteMode::Update, Snippets::AllowListed)
         .await
         .unwrap();
 
@@ -160,7 +160,7 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
     let clock = ManualClock::new(5_000_000);
     let nodes = start_three(&transport, &clock).await;
     nodes[1]
-        .put(backend("v1"), WriteMode::Create, Snippets::AllowListed)
+        .write_entity(backend("v1"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     wait_for("the backend reaches every node", || {
@@ -170,7 +170,7 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
     transport.remove_link(addr(3), addr(1)).await;
     transport.remove_link(addr(3), addr(2)).await;
     clock.advance(10);
-    nodes[0].delete::<Backend>("web").await.unwrap();
+    nodes[0].delete_entity::<Backend>("web").await.unwrap();
     wait_for("n2 sees the delete", || version_on(&nodes[1]).is_none()).await;
     assert_eq!(version_on(&nodes[2]).as_deref(), Some("v1"));
     transport.add_link(addr(3), addr(1)).await;
@@ -222,7 +222,7 @@ async fn expired_leases_and_old_tombstones_are_collected() {
         .await
         .unwrap();
     let base = node.own_key_count().await; // node metadata: API address, clock
-    node.put(backend("v1"), WriteMode::Create, Snippets::AllowListed)
+    node.write_entity(backend("v1"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     let key = RegKey::new("web", "v1", "10.1.1.1", 80).unwrap();
@@ -230,7 +230,7 @@ async fn expired_leases_and_old_tombstones_are_collected() {
         .await
         .unwrap();
     assert_eq!(node.own_key_count().await, base + 2);
-    node.delete::<Backend>("web").await.unwrap();
+    node.delete_entity::<Backend>("web").await.unwrap();
     // The tombstone is still held (it must outlive any stale copy), the lease too.
     assert_eq!(node.own_key_count().await, base + 2);
 

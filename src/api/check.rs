@@ -78,12 +78,12 @@ pub fn check_request(
                 m.extend(req.json_value()?);
             }
             match kind {
-                Kind::Backend => serde_json::from_value::<Backend>(merged)
-                    .map_err(|e| ApiError::invalid(wire::json_error(&e)))?
-                    .validate(Snippets::AllowListed)?,
-                Kind::Frontend => serde_json::from_value::<Frontend>(merged)
-                    .map_err(|e| ApiError::invalid(wire::json_error(&e)))?
-                    .validate(Snippets::AllowListed)?,
+                Kind::Backend => {
+                    wire::strict_value::<Backend>(merged)?.validate(Snippets::AllowListed)?
+                }
+                Kind::Frontend => {
+                    wire::strict_value::<Frontend>(merged)?.validate(Snippets::AllowListed)?
+                }
             }
             Ok(())
         }

@@ -13,7 +13,7 @@ use warp::Reply;
 use super::error::ApiError;
 use super::routes::{Kind, Op, PathKey};
 use super::wire::{
-    json_error, json_ok, json_reply, no_content, ok, parse_ttl, with_resource, CompatRegistration,
+    json_ok, json_reply, no_content, ok, parse_ttl, with_resource, CompatRegistration,
     RegisterBody, Request, Result, V1Registration,
 };
 use super::Api;
@@ -77,7 +77,9 @@ impl Api {
             Op::Deregister(k) => {
                 let key = path_key(&k)?;
                 self.allow_registration(caller, &key)?;
-                self.node.deregister(key).await;
+                if !self.node.deregister(key).await {
+                    return Err(ApiError::not_found("Registration not found"));
+                }
                 no_content()
             }
             Op::ListEntities(Kind::Backend) => self.list::<Backend>(),
@@ -173,12 +175,15 @@ impl Api {
         let name = entity.name().to_string();
         let snippets = self.snippets_for(caller);
         entity.validate(snippets)?;
+        // Held from the existence check to the write: a concurrent create of the same name on
+        // this node waits, then gets its 409.
+        let guard = self.node.lock_entities().await;
         if self.node.get::<E>(&name).is_some() {
             return Err(ApiError::conflict(format!("{} already exists", E::KIND)));
         }
         self.preflight(&name, Some(entity.clone())).await?;
         self.node
-            .put(entity.clone(), WriteMode::Create, snippets)
+            .put(&guard, entity.clone(), WriteMode::Create, snippets)
             .await?;
         let mut resp = json_reply(StatusCode::CREATED, &with_resource(&entity, E::KIND));
         let location = format!("/{}s/{}", E::KIND.to_ascii_lowercase(), name);
@@ -208,29 +213,32 @@ impl Api {
                 )));
             }
         }
+        // Held from reading the current value to writing the merged one: two concurrent partial
+        // updates on this node each keep the other's fields.
+        let guard = self.node.lock_entities().await;
         let current = self.node.get::<E>(name).ok_or_else(not_found)?;
         let mut merged = match serde_json::to_value(&current) {
             Ok(Value::Object(m)) => m,
             _ => return Err(ApiError::internal("cannot represent the current value")),
         };
         merged.extend(body);
-        let entity: E = serde_json::from_value(Value::Object(merged))
-            .map_err(|e| ApiError::invalid(json_error(&e)))?;
+        let entity: E = super::wire::strict_value(Value::Object(merged))?;
         let snippets = self.snippets_for(caller);
         entity.validate(snippets)?;
         self.preflight(name, Some(entity.clone())).await?;
         self.node
-            .put(entity.clone(), WriteMode::Update, snippets)
+            .put(&guard, entity.clone(), WriteMode::Update, snippets)
             .await?;
         ok(with_resource(&entity, E::KIND))
     }
 
     async fn delete<E: Entity>(&self, name: &str) -> Result<Response> {
+        let guard = self.node.lock_entities().await;
         if self.node.get::<E>(name).is_none() {
             return Err(ApiError::not_found(format!("{} not found", E::KIND)));
         }
         self.preflight::<E>(name, None).await?;
-        self.node.delete::<E>(name).await?;
+        self.node.delete::<E>(&guard, name).await?;
         no_content()
     }
 
@@ -301,22 +309,34 @@ impl Api {
             )
             })?;
         let rx = self.node.subscribe_events();
+        let node = self.node.clone();
         let mut stop = self.shutdown.clone();
         // The permit lives as long as the stream.
-        let stream = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
-            let item = match rx.recv().await {
-                Ok(event) => warp::sse::Event::default()
-                    .event(event.kind())
-                    .json_data(&event)
-                    .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warp::sse::Event::default()
-                        .event("resync")
-                        .data(format!("{{\"missed\":{n}}}"))
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((Ok::<_, Infallible>(item), (rx, permit)))
+        let stream = futures_util::stream::unfold((rx, permit), move |(mut rx, permit)| {
+            let node = node.clone();
+            async move {
+                let item = match rx.recv().await {
+                    Ok(event) => warp::sse::Event::default()
+                        .event(event.kind())
+                        .json_data(&event)
+                        .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
+                    // Fell behind: the events in between are gone, so the subscriber gets the
+                    // whole state instead, and the events after it continue from there.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let state = crate::cluster::StateDump::new(
+                            node.node_id(),
+                            &node.current_view(),
+                            node.members(),
+                        );
+                        warp::sse::Event::default()
+                            .event("resync")
+                            .json_data(json!({"missed": n, "state": state}))
+                            .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((Ok::<_, Infallible>(item), (rx, permit)))
+            }
         })
         .take_until(Box::pin(async move { stop.wait().await }));
         Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())

@@ -25,10 +25,13 @@ pub(super) struct Request<'a> {
 }
 
 impl Request<'_> {
-    /// Parses a JSON body into `T` (unknown fields are rejected by `T`'s serde attributes).
+    /// Parses a JSON body into `T`, refusing fields `T` does not have.
     pub fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
         self.check_json()?;
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::invalid(json_error(&e)))
+        let mut de = serde_json::Deserializer::from_slice(&self.body);
+        let value = strict(&mut de)?;
+        de.end().map_err(|e| ApiError::invalid(json_error(&e)))?;
+        Ok(value)
     }
 
     pub fn json_value(&self) -> Result<serde_json::Map<String, Value>> {
@@ -69,6 +72,33 @@ pub(super) fn is_json(content_type: Option<&[u8]>) -> bool {
         .and_then(|ct| ct.split(';').next())
         .map(str::trim)
         .is_some_and(|mime| mime.eq_ignore_ascii_case("application/json"))
+}
+
+/// Deserializes a client's value strictly: a field the type does not have is an error. (The
+/// model types themselves ignore unknown fields, so that records a newer peer gossips with
+/// fields added still decode; clients get told about a misspelt field instead.)
+pub(super) fn strict<'de, T, D>(de: D) -> Result<T>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    let mut unknown: Option<String> = None;
+    let value = serde_ignored::deserialize(de, |path| {
+        unknown.get_or_insert_with(|| path.to_string());
+    })
+    .map_err(|e| ApiError::invalid(json_error(&e)))?;
+    match unknown {
+        Some(field) => Err(ApiError::invalid(format!(
+            "Invalid request body: unknown field `{}`",
+            field.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(value),
+    }
+}
+
+/// [`strict`] for an already parsed JSON value.
+pub(super) fn strict_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    strict(value)
 }
 
 pub(super) fn json_error(e: &serde_json::Error) -> String {

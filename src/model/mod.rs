@@ -246,7 +246,6 @@ pub enum Balance {
 
 /// An HTTP health check for a backend's servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Path requested by `option httpchk` (http mode); absent means a TCP connect check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +257,6 @@ pub struct HealthCheck {
 
 /// A backend: the live registrations of app@version, and how HAProxy balances them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Backend {
     pub name: String,
     pub app: String,
@@ -314,7 +312,6 @@ impl Backend {
 
 /// A host/path routing rule: requests matching it go to another backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Host header to match (exact, without port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,7 +324,6 @@ pub struct Rule {
 
 /// A frontend: where HAProxy listens and which backend it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Frontend {
     pub name: String,
     pub backend: String,

@@ -4,9 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
-use tracing::warn;
-
 use super::{statuses, SharedRender};
 use crate::metrics::{FnCollector, Metrics};
 use crate::node::Node;
@@ -48,6 +45,39 @@ pub(super) fn register_collectors(
         c.encode(enc.encode_descriptor(
             "gossip_dropped",
             "Gossip datagrams dropped because the sender is outside gossip_allow",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    let n = node.clone();
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let mut m = enc.encode_descriptor(
+            "events",
+            "Changes this node observed (online, offline, backend/frontend updated or deleted)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (kind, count) in n.event_counts() {
+            ConstCounter::new(count).encode(m.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
+    })));
+    let n = node.clone();
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(n.stamps_refused());
+        c.encode(enc.encode_descriptor(
+            "gossip_stamps_refused",
+            "Records from peers refused because their stamp was further ahead than max_clock_drift",
+            None,
+            c.metric_type(),
+        )?)
+    })));
+    let n = node.clone();
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(n.resyncs());
+        c.encode(enc.encode_descriptor(
+            "gossip_resyncs",
+            "Times more key changes came from peers than the queue holds, and every peer's keyspace was re-read",
             None,
             c.metric_type(),
         )?)
@@ -186,18 +216,12 @@ pub(super) fn register_collectors(
     })));
 }
 
-/// Counts events and keeps the gauges in step with the published view.
+/// Keeps the gauges in step with the published view.
 pub(super) async fn feed_metrics(node: Node, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
-    let mut events = node.subscribe_events();
     let mut views = node.views();
     metrics.record_view(&views.borrow_and_update());
     loop {
         tokio::select! {
-            e = events.recv() => match e {
-                Ok(event) => metrics.record_event(&event),
-                Err(RecvError::Lagged(n)) => warn!(missed = n, "metrics missed events"),
-                Err(RecvError::Closed) => return,
-            },
             changed = views.changed() => {
                 if changed.is_err() { return; }
                 metrics.record_view(&views.borrow_and_update());

@@ -1,0 +1,136 @@
+//! Readiness of a starting node, decided as a pure function: ready means caught up with every
+//! peer, with the warm-up only as the bound on how long to wait.
+//!
+//! "Caught up with a peer" is observable because chitchat delivers a node's keys in version
+//! order (a delta lists them sorted by version, and a receiver ignores anything at or below the
+//! version it holds). Every node rewrites its clock key each maintenance round, which gives that
+//! key the newest version of its keyspace; so once a value of the clock key of a peer has
+//! arrived, every key that peer held when it wrote that value has arrived too. The node takes a
+//! peer as caught up once a value written after this node started has arrived (the second
+//! distinct value it sees: the first may predate it).
+
+use std::time::Duration;
+
+/// One peer as a starting node knows it: any member that is not known to be dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    /// Whether its clock key (the newest key of its keyspace) has arrived.
+    pub caught_up: bool,
+    /// Whether it started from a snapshot older than the tombstone horizon and still holds
+    /// that snapshot's entities back (see [`super::restore`]).
+    pub recovering: bool,
+}
+
+/// Why a node is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// No peers are configured: there is nothing to catch up with.
+    NoPeers,
+    /// Every known peer's keyspace has arrived.
+    CaughtUp,
+    /// The warm-up ran out first (peers unreachable, or too slow to send everything).
+    WarmupElapsed,
+}
+
+/// Whether a starting node is ready, and if not which peers it still waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready(Why),
+    Waiting { behind: Vec<String> },
+}
+
+/// Whether a peer is caught up, given how many distinct values of its clock key have arrived
+/// since this node started. The first may have been written before this node existed (it is
+/// the peer's latest at the time of sending, up to a maintenance interval old); the peer wrote
+/// the second one a maintenance interval later, so after this node started, and it arrived
+/// after every key the peer held when writing it.
+pub fn caught_up(distinct_clock_values: u8) -> bool {
+    distinct_clock_values >= 2
+}
+
+/// Decides readiness after `waited` since the start, with `peers` the members not known dead.
+pub fn decide(has_peers: bool, peers: &[Peer], waited: Duration, warmup: Duration) -> Readiness {
+    if !has_peers {
+        return Readiness::Ready(Why::NoPeers);
+    }
+    if !peers.is_empty() && peers.iter().all(|p| p.caught_up) {
+        return Readiness::Ready(Why::CaughtUp);
+    }
+    if waited >= warmup {
+        return Readiness::Ready(Why::WarmupElapsed);
+    }
+    Readiness::Waiting {
+        behind: peers
+            .iter()
+            .filter(|p| !p.caught_up)
+            .map(|p| p.node.clone())
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn peer(node: &str, caught_up: bool) -> Peer {
+        Peer {
+            node: node.into(),
+            caught_up,
+            recovering: false,
+        }
+    }
+
+    const WARMUP: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_node_that_has_not_heard_from_any_peer_waits_for_the_warmup() {
+        let short = Duration::from_secs(1);
+        assert_eq!(
+            decide(true, &[], short, WARMUP),
+            Readiness::Waiting { behind: vec![] }
+        );
+        assert_eq!(
+            decide(true, &[], WARMUP, WARMUP),
+            Readiness::Ready(Why::WarmupElapsed)
+        );
+    }
+
+    #[test]
+    fn a_node_waits_for_the_peer_whose_keyspace_has_not_arrived() {
+        let peers = [peer("a", true), peer("b", false)];
+        assert_eq!(
+            decide(true, &peers, Duration::ZERO, WARMUP),
+            Readiness::Waiting {
+                behind: vec!["b".into()]
+            }
+        );
+    }
+
+    proptest! {
+        /// Ready before the warm-up only when there is nothing to wait for or every known peer
+        /// is caught up; never waiting past the warm-up.
+        #[test]
+        fn ready_means_caught_up_or_out_of_time(
+            has_peers in any::<bool>(),
+            flags in prop::collection::vec(any::<bool>(), 0..5),
+            waited_ms in 0u64..60_000,
+        ) {
+            let peers: Vec<Peer> = flags.iter().enumerate()
+                .map(|(i, c)| peer(&format!("n{i}"), *c)).collect();
+            let waited = Duration::from_millis(waited_ms);
+            match decide(has_peers, &peers, waited, WARMUP) {
+                Readiness::Ready(Why::NoPeers) => prop_assert!(!has_peers),
+                Readiness::Ready(Why::CaughtUp) => {
+                    prop_assert!(!peers.is_empty() && flags.iter().all(|c| *c))
+                }
+                Readiness::Ready(Why::WarmupElapsed) => prop_assert!(waited >= WARMUP),
+                Readiness::Waiting { behind } => {
+                    prop_assert!(has_peers && waited < WARMUP);
+                    prop_assert_eq!(behind.len(), flags.iter().filter(|c| !**c).count());
+                }
+            }
+        }
+    }
+}

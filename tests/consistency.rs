@@ -1,0 +1,369 @@
+//! The replication holes of the consistency issue, each shown on nodes in one process over
+//! chitchat's in-memory `ChannelTransport`, with clocks set by hand where skew matters.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bender::config::{Config, FileConfig, Overrides};
+use bender::hlc::ManualClock;
+use bender::model::{Backend, RegKey, Snippets};
+use bender::node::{Node, WriteMode};
+use bender::registry;
+use chitchat::transport::ChannelTransport;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const NOW: u64 = 1_800_000_000_000;
+
+fn addr(i: u8) -> SocketAddr {
+    ([10, 1, 0, i], 1730).into()
+}
+
+/// Node `i` of a cluster of `n`, with extra config file lines.
+fn config(i: u8, n: u8, extra: &str, data_dir: Option<&Path>) -> Config {
+    let seeds = (1..=n)
+        .filter(|j| *j != i)
+        .map(|j| addr(j).to_string())
+        .collect();
+    let file: FileConfig = toml::from_str(extra).expect("test config parses");
+    Config::resolve(
+        file,
+        Overrides {
+            node_id: Some(format!("n{i}")),
+            cluster_id: Some("consistency-test".into()),
+            gossip_listen: Some(addr(i)),
+            seeds,
+            gossip_interval: Some(Duration::from_millis(50)),
+            data_dir: data_dir.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    )
+    .expect("valid test config")
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn key(port: u16) -> RegKey {
+    RegKey::new("web", "1", "10.9.0.1", port).unwrap()
+}
+
+fn lists(node: &Node, k: &RegKey) -> bool {
+    node.registrations(Some(&k.app), None, None)
+        .iter()
+        .any(|r| r.key == *k)
+}
+
+fn backend(version: &str) -> Backend {
+    serde_json::from_value(serde_json::json!({"name": "web", "app": "web", "version": version}))
+        .unwrap()
+}
+
+async fn all_live(nodes: &[&Node]) {
+    let n = nodes.len();
+    wait_for("all members are live", || {
+        nodes
+            .iter()
+            .all(|x| x.members().iter().filter(|m| m.live).count() == n)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_renewals_of_one_key_through_one_node_leave_the_newest_in_its_keyspace() {
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let node = Node::start(config(1, 1, "", None), Arc::new(clock), &t)
+        .await
+        .unwrap();
+    let k = key(80);
+    for round in 0..40 {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let node = node.clone();
+            let k = k.clone();
+            tasks.push(tokio::spawn(async move {
+                let meta = BTreeMap::from([("w".to_string(), format!("{round}-{i}"))]);
+                node.register(k, Some(Duration::from_secs(60)), meta)
+                    .await
+                    .unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // What peers receive (the keyspace) is what this node believes (the registry).
+        let own = node.own_value(&registry::lease_key(&k)).await.unwrap();
+        let Ok(registry::Record::Lease(_, in_keyspace)) =
+            registry::decode(&registry::lease_key(&k), &own)
+        else {
+            panic!("not a lease: {own}")
+        };
+        let believed = node.registrations(Some("web"), None, None);
+        assert_eq!(
+            in_keyspace.meta, believed[0].meta,
+            "round {round}: the keyspace holds an older renewal than the registry"
+        );
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistration_ends_the_registration_on_a_node_whose_clock_lags() {
+    let t = ChannelTransport::default();
+    let right = ManualClock::new(NOW);
+    let behind = ManualClock::new(NOW - 5_000);
+    let a = Node::start(config(1, 2, "", None), Arc::new(right), &t)
+        .await
+        .unwrap();
+    let b = Node::start(config(2, 2, "", None), Arc::new(behind), &t)
+        .await
+        .unwrap();
+    all_live(&[&a, &b]).await;
+    let k = key(81);
+    a.register(k.clone(), Some(Duration::from_secs(30)), BTreeMap::new())
+        .await
+        .unwrap();
+    wait_for("the lagging node lists the registration", || lists(&b, &k)).await;
+    assert!(a.deregister(k.clone()).await);
+    // Neither clock moves: only the record's arrival can end it on the lagging node.
+    wait_for("the lagging node no longer lists it", || !lists(&b, &k)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistration_of_an_unknown_registration_writes_nothing() {
+    let t = ChannelTransport::default();
+    let node = Node::start(config(1, 1, "", None), Arc::new(ManualClock::new(NOW)), &t)
+        .await
+        .unwrap();
+    let before = node.own_key_count().await;
+    assert!(!node.deregister(key(82)).await);
+    assert_eq!(node.own_key_count().await, before);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_its_clock_in_2100_is_refused_and_does_not_drag_the_stamps() {
+    let t = ChannelTransport::default();
+    let a = Node::start(config(1, 2, "", None), Arc::new(ManualClock::new(NOW)), &t)
+        .await
+        .unwrap();
+    let year_2100 = 4_102_444_800_000;
+    let b = Node::start(
+        config(2, 2, "", None),
+        Arc::new(ManualClock::new(year_2100)),
+        &t,
+    )
+    .await
+    .unwrap();
+    all_live(&[&a, &b]).await;
+    b.write_entity(backend("1"), WriteMode::Create, Snippets::AllowListed)
+        .await
+        .unwrap();
+    wait_for("the future-stamped record is refused", || {
+        a.stamps_refused() > 0
+    })
+    .await;
+    assert!(a.get::<Backend>("web").is_none());
+    // A's own writes keep stamps from its own clock.
+    let k = key(83);
+    a.register(k.clone(), Some(Duration::from_secs(30)), BTreeMap::new())
+        .await
+        .unwrap();
+    let own = a.own_value(&registry::lease_key(&k)).await.unwrap();
+    let Ok(record) = registry::decode(&registry::lease_key(&k), &own) else {
+        panic!("not a record: {own}")
+    };
+    assert!(
+        record.stamp().wall_ms() < NOW + 60_000,
+        "stamp dragged to {:?}",
+        record.stamp()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Short horizons, so a test can go past them: dead nodes are forgotten after 1 s, deletions
+/// after 10 s.
+const SHORT_HORIZONS: &str = r#"
+dead_node_grace = "1s"
+tombstone_ttl = "10s"
+max_clock_drift = "2s"
+warmup = "20s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_longer_than_the_tombstone_ttl_does_not_resurrect_a_deleted_entity() {
+    let dir = tempdir("resurrect");
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let a = Node::start(
+        config(1, 2, SHORT_HORIZONS, Some(&dir)),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        config(2, 2, SHORT_HORIZONS, None),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
+    all_live(&[&a, &b]).await;
+    a.write_entity(backend("1"), WriteMode::Create, Snippets::AllowListed)
+        .await
+        .unwrap();
+    wait_for("both nodes have the backend", || {
+        b.get::<Backend>("web").is_some()
+    })
+    .await;
+    a.stop().await; // saves its snapshot, with the backend
+    wait_for("the stopped node is forgotten", || {
+        b.members().iter().all(|m| m.node_id != "n1")
+    })
+    .await;
+    b.delete_entity::<Backend>("web").await.unwrap();
+    clock.advance(11_000);
+    let start = tokio::time::Instant::now();
+    while b.own_value("b:web").await.is_some() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the tombstone is never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a = Node::start(
+        config(1, 2, SHORT_HORIZONS, Some(&dir)),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
+    wait_for("the restarted node is ready", || a.is_ready()).await;
+    // Two maintenance rounds (adoption) and gossip rounds later, nothing came back.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        a.get::<Backend>("web").is_none(),
+        "the restarted node revived it"
+    );
+    assert!(b.get::<Backend>("web").is_none(), "its peer got it back");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_restores_the_entities_of_an_old_snapshot() {
+    let dir = tempdir("old-alone");
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let a = Node::start(
+        config(1, 1, SHORT_HORIZONS, Some(&dir)),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
+    a.write_entity(backend("1"), WriteMode::Create, Snippets::AllowListed)
+        .await
+        .unwrap();
+    a.stop().await;
+    clock.advance(3_600_000);
+    let a = Node::start(
+        config(1, 1, SHORT_HORIZONS, Some(&dir)),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
+    assert!(a.get::<Backend>("web").is_some());
+    a.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_is_ready_only_once_every_lease_of_its_peer_has_arrived() {
+    const LEASES: u16 = 10_000;
+    let limits = "[limits]\nmax_registrations = 20000\nmax_registrations_per_app = 20000\n";
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let b = Node::start(config(2, 2, limits, None), Arc::new(clock.clone()), &t)
+        .await
+        .unwrap();
+    for port in 1..=LEASES {
+        b.register(key(port), Some(Duration::from_secs(600)), BTreeMap::new())
+            .await
+            .unwrap();
+    }
+    let a = Node::start(config(1, 2, limits, None), Arc::new(clock.clone()), &t)
+        .await
+        .unwrap();
+    let mut views = a.views();
+    let first_ready = views
+        .wait_for(|v| v.ready)
+        .await
+        .expect("the node publishes views")
+        .clone();
+    assert_eq!(
+        first_ready.view.registrations.len(),
+        LEASES as usize,
+        "ready before every lease had arrived"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_counted_exactly_when_more_expire_at_once_than_the_stream_holds() {
+    const LEASES: u16 = 9_000;
+    let limits = "[limits]\nmax_registrations = 20000\nmax_registrations_per_app = 20000\n";
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let node = Node::start(config(1, 1, limits, None), Arc::new(clock.clone()), &t)
+        .await
+        .unwrap();
+    let mut slow = node.subscribe_events();
+    for port in 1..=LEASES {
+        node.register(key(port), Some(Duration::from_secs(5)), BTreeMap::new())
+            .await
+            .unwrap();
+    }
+    wait_for("every registration is online", || {
+        node.event_counts()
+            .iter()
+            .any(|(k, n)| *k == "online" && *n == LEASES as u64)
+    })
+    .await;
+    clock.advance(6_000);
+    wait_for("every registration went offline, counted once each", || {
+        node.event_counts()
+            .iter()
+            .any(|(k, n)| *k == "offline" && *n == LEASES as u64)
+    })
+    .await;
+    // The subscriber that read nothing is told it fell behind.
+    assert!(matches!(
+        slow.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+    ));
+    node.stop().await;
+}
+
+fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("bender-consistency-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
