@@ -41,6 +41,7 @@ pub mod node;
 pub mod registry;
 pub mod render;
 pub mod shutdown;
+pub mod sim;
 pub mod snapshot;
 pub mod supervise;
 pub mod transport;
