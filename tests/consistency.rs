@@ -23,6 +23,16 @@ fn addr(i: u8) -> SocketAddr {
 
 /// Node `i` of a cluster of `n`, with extra config file lines.
 fn config(i: u8, n: u8, extra: &str, data_dir: Option<&Path>) -> Config {
+    config_gossiping_every(i, n, extra, data_dir, Duration::from_millis(50))
+}
+
+fn config_gossiping_every(
+    i: u8,
+    n: u8,
+    extra: &str,
+    data_dir: Option<&Path>,
+    interval: Duration,
+) -> Config {
     let seeds = (1..=n)
         .filter(|j| *j != i)
         .map(|j| addr(j).to_string())
@@ -35,7 +45,7 @@ fn config(i: u8, n: u8, extra: &str, data_dir: Option<&Path>) -> Config {
             cluster_id: Some("consistency-test".into()),
             gossip_listen: Some(addr(i)),
             seeds,
-            gossip_interval: Some(Duration::from_millis(50)),
+            gossip_interval: Some(interval),
             data_dir: data_dir.map(Path::to_path_buf),
             ..Default::default()
         },
@@ -294,21 +304,37 @@ async fn a_lone_node_restores_the_entities_of_an_old_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_is_ready_only_once_every_lease_of_its_peer_has_arrived() {
+    // About 8 MB of leases (each with 720 bytes of meta): over a hundred gossip datagrams of
+    // 64 KB, so catching up takes many rounds (a timer of a few gossip intervals, or the first
+    // sign of the peer, would call the node ready half-way).
     const LEASES: u16 = 10_000;
-    let limits = "[limits]\nmax_registrations = 20000\nmax_registrations_per_app = 20000\n";
+    let meta: BTreeMap<String, String> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|k| (k.to_string(), "x".repeat(120)))
+        .collect();
+    let extra = "warmup = \"60s\"\n[limits]\nmax_registrations = 20000\nmax_registrations_per_app = 20000\n";
+    let every = Duration::from_millis(50);
     let t = ChannelTransport::default();
     let clock = ManualClock::new(NOW);
-    let b = Node::start(config(2, 2, limits, None), Arc::new(clock.clone()), &t)
-        .await
-        .unwrap();
+    let b = Node::start(
+        config_gossiping_every(2, 2, extra, None, every),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
     for port in 1..=LEASES {
-        b.register(key(port), Some(Duration::from_secs(600)), BTreeMap::new())
+        b.register(key(port), Some(Duration::from_secs(600)), meta.clone())
             .await
             .unwrap();
     }
-    let a = Node::start(config(1, 2, limits, None), Arc::new(clock.clone()), &t)
-        .await
-        .unwrap();
+    let a = Node::start(
+        config_gossiping_every(1, 2, extra, None, every),
+        Arc::new(clock.clone()),
+        &t,
+    )
+    .await
+    .unwrap();
     let mut views = a.views();
     let first_ready = views
         .wait_for(|v| v.ready)

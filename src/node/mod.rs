@@ -518,7 +518,6 @@ fn peer_key(id: &ChitchatId) -> (String, u64) {
 async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Peer>) {
     let cc = inner.chitchat.lock().await;
     let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-    let dead: HashSet<&ChitchatId> = cc.dead_nodes().collect();
     // A restarted node appears under a new generation: show only its newest one.
     let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
     for id in cc.node_states().keys() {
@@ -536,16 +535,15 @@ async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Pe
     let peers: Vec<registry::ready::Peer> = cc
         .node_states()
         .keys()
-        .filter(|id| **id != inner.self_id && !dead.contains(id))
         .filter(|id| id.node_id != inner.self_id.node_id)
         .map(|id| registry::ready::Peer {
             node: id.node_id.to_string(),
             recovering: cc
                 .node_state(id)
                 .is_some_and(|s| s.get(KEY_RECOVERING).is_some()),
-            caught_up: clock_keys
-                .get(&peer_key(id))
-                .is_some_and(|(_, distinct)| registry::ready::caught_up(*distinct)),
+            caught_up: clock_keys.get(&peer_key(id)).is_some_and(|(_, distinct)| {
+                registry::ready::caught_up(*distinct, live.contains(id))
+            }),
         })
         .collect();
     drop(clock_keys);

@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-/// One peer as a starting node knows it: any member that is not known to be dead.
+/// One peer as a starting node knows it: any other member whose state it holds, live or not
+/// (a member just discovered is not live yet while its keyspace arrives).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub node: String,
@@ -41,15 +42,16 @@ pub enum Readiness {
 }
 
 /// Whether a peer is caught up, given how many distinct values of its clock key have arrived
-/// since this node started. The first may have been written before this node existed (it is
-/// the peer's latest at the time of sending, up to a maintenance interval old); the peer wrote
-/// the second one a maintenance interval later, so after this node started, and it arrived
-/// after every key the peer held when writing it.
-pub fn caught_up(distinct_clock_values: u8) -> bool {
-    distinct_clock_values >= 2
+/// since this node started and whether the failure detector has it live. The first value may
+/// have been written before this node existed (it is the peer's latest at the time of sending,
+/// up to a maintenance interval old); a live peer wrote the second one a maintenance interval
+/// later, so after this node started, and it arrived after every key the peer held when writing
+/// it. A peer not (or not yet) live writes no more: its last value is as far as it goes.
+pub fn caught_up(distinct_clock_values: u8, live: bool) -> bool {
+    distinct_clock_values >= if live { 2 } else { 1 }
 }
 
-/// Decides readiness after `waited` since the start, with `peers` the members not known dead.
+/// Decides readiness after `waited` since the start, with `peers` the other members.
 pub fn decide(has_peers: bool, peers: &[Peer], waited: Duration, warmup: Duration) -> Readiness {
     if !has_peers {
         return Readiness::Ready(Why::NoPeers);
