@@ -118,8 +118,14 @@ fn register(args: RegisterArgs) -> Result<(), ClientError> {
             }
         }
     });
-    deregister(&args.instance)?;
-    eprintln!("bender: deregistered");
+    match deregister(&args.instance) {
+        Ok(_) => eprintln!("bender: deregistered"),
+        // Expired already (the node did not hear from us for a TTL): nothing left to end.
+        Err(ClientError::Api { status: 404, .. }) => {
+            eprintln!("bender: the registration had already expired")
+        }
+        Err(e) => return Err(e),
+    }
     Ok(())
 }
 
