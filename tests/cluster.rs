@@ -382,3 +382,27 @@ fn expired_leases_are_garbage_collected_everywhere() {
         })
     });
 }
+
+#[test]
+fn a_node_killed_with_sigkill_comes_back_with_the_leases_it_held() {
+    let mut c = TestCluster::start(1);
+    let http = Http::new();
+    for port in 1..=200 {
+        let body =
+            format!(r#"{{"app":"web","version":"1","host":"10.0.0.1","port":{port},"ttl":"60s"}}"#);
+        assert_eq!(
+            http.post_json(&c.url(0, "/v1/registrations"), &body).status,
+            200
+        );
+    }
+    // The snapshot follows the set of leases (not only entity changes and clean stops).
+    let snapshot = c.dir.join("data0/snapshot.json");
+    wait_until(CONVERGE, "the snapshot holds every lease", || {
+        std::fs::read_to_string(&snapshot)
+            .is_ok_and(|s| s.matches("r:web/1/10.0.0.1/").count() == 200)
+    });
+    c.kill(0);
+    c.restart(0);
+    let listed = http.get(&c.url(0, "/registrations/web/1")).body;
+    assert_eq!(listed.as_array().map(Vec::len), Some(200));
+}

@@ -393,3 +393,57 @@ fn tempdir(what: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_clock_never_warn_about_each_other_during_a_write_burst() {
+    // Both nodes read the same (system) clock: any offset they see is delay, and a burst of
+    // writes on one delays its clock key behind every lease written before it.
+    let extra = "[limits]\nmax_registrations = 100000\nmax_registrations_per_app = 100000\n";
+    let every = Duration::from_millis(100);
+    let t = ChannelTransport::default();
+    let clock = Arc::new(bender::hlc::SystemClock);
+    let a = Node::start(
+        config_gossiping_every(1, 2, extra, None, every),
+        clock.clone(),
+        &t,
+    )
+    .await
+    .unwrap();
+    let b = Node::start(config_gossiping_every(2, 2, extra, None, every), clock, &t)
+        .await
+        .unwrap();
+    all_live(&[&a, &b]).await;
+    // 2 KB of meta per lease: about 30 leases per gossip datagram.
+    let meta: BTreeMap<String, String> = (0..16)
+        .map(|k| (format!("k{k}"), "x".repeat(128)))
+        .collect();
+    let writer = b.clone();
+    let burst = tokio::spawn(async move {
+        for p in 0..6_000u32 {
+            let host = format!("10.{}.{}.1", p / 256, p % 256);
+            let k = RegKey::new("web", "1", &host, 80).unwrap();
+            writer
+                .register(k, Some(Duration::from_secs(600)), meta.clone())
+                .await
+                .unwrap();
+        }
+    });
+    let mut worst = 0i64;
+    while !burst.is_finished() {
+        for m in a.members().iter().filter(|m| m.node_id == "n2") {
+            worst = worst.max(m.clock_offset_ms.unwrap_or(0).abs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (a.clock_warnings(), b.clock_warnings()),
+        (0, 0),
+        "a node warned about a peer on the same clock (worst estimate {worst} ms)"
+    );
+    assert!(
+        worst <= 200,
+        "estimate {worst} ms for a peer on the same clock"
+    );
+    a.stop().await;
+    b.stop().await;
+}

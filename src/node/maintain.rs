@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 
 use std::sync::atomic::Ordering;
 
-use super::{clock_value, Inner, Local, KEY_CLOCK};
+use super::{clock, Inner, Local, KEY_CLOCK};
 use crate::registry::{self, gc};
 use crate::snapshot;
 
@@ -39,7 +39,9 @@ pub(super) async fn run(inner: &Inner) {
     }
     plan.apply(registry, own);
     let round = inner.counters.rounds.fetch_add(1, Ordering::Relaxed) + 1;
-    state.set(KEY_CLOCK, clock_value(now, round));
+    let warn_ms = inner.config.clock_offset_warn.as_millis() as i64;
+    let bounds = inner.clocks.lock().expect("clock lock").published(warn_ms);
+    state.set(KEY_CLOCK, clock::encode(now, round, &bounds));
     drop(local);
     drop(cc);
     inner.push.notify_one();

@@ -42,24 +42,15 @@ pub use write::{EntityError, EntityGuard, RegisterError, WriteMode};
 /// Gossip key holding this node's API address.
 const KEY_API: &str = "n:api";
 /// Gossip key holding this node's wall clock, rewritten every maintenance round (which makes it
-/// the newest key of the keyspace: see [`registry::ready`]). The value is `"<ms> <round>"`: the
-/// round makes every write distinct even when the clock stands still (older versions wrote the
-/// ms alone; the first number is all a reader needs for offsets).
+/// the newest key of the keyspace: see [`registry::ready`]). The value is `"<ms> <round>"` and
+/// this node's bounds of its peers' offsets (see `clock`); the round makes every write distinct
+/// even when the clock stands still.
 const KEY_CLOCK: &str = "n:clock";
 
 /// Gossip key present while this node holds back the entities of a snapshot older than the
 /// tombstone horizon (see [`registry::restore`]).
 const KEY_RECOVERING: &str = "n:recovering";
 
-/// The clock key's value for maintenance round `round` at `now_ms`.
-fn clock_value(now_ms: u64, round: u64) -> String {
-    format!("{now_ms} {round}")
-}
-
-/// The wall clock (ms) in a clock key's value, from this version or an older one.
-fn parse_clock_value(value: &str) -> Option<u64> {
-    value.split(' ').next()?.parse().ok()
-}
 /// Capacity of the event stream each subscriber may fall behind by.
 const EVENT_BUFFER: usize = 8192;
 
@@ -144,6 +135,8 @@ struct Counters {
     resyncs: AtomicU64,
     /// Maintenance rounds run (numbers the clock key's values).
     rounds: AtomicU64,
+    /// Warnings that a peer's clock is off by more than `clock_offset_warn`.
+    clock_warnings: AtomicU64,
     /// Events emitted, by kind (counted here, where they are made, so that a slow reader of
     /// the event stream cannot make the count miss any).
     events: [AtomicU64; EVENT_KINDS.len()],
@@ -255,7 +248,7 @@ impl Node {
             info!(records = initial.len(), dir = %dir.display(), "restored local snapshot");
         }
         initial.push((KEY_API.to_string(), config.api_advertise.clone()));
-        initial.push((KEY_CLOCK.to_string(), clock_value(hlc.now_ms(), 0)));
+        initial.push((KEY_CLOCK.to_string(), clock::encode(hlc.now_ms(), 0, &[])));
 
         let generation = hlc.now_ms();
         let self_id = ChitchatId::new(config.node_id.clone(), generation, config.gossip_advertise);
@@ -470,6 +463,11 @@ impl Node {
             .zip(&self.inner.counters.events)
             .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Warnings so far that a peer's clock is off by more than `clock_offset_warn`.
+    pub fn clock_warnings(&self) -> u64 {
+        self.inner.counters.clock_warnings.load(Ordering::Relaxed)
     }
 
     /// Peers whose clock offset the node estimates (bounded by the membership).

@@ -15,9 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::gossip::{self, Received};
-use super::{
-    compute_members, has_peers, maintain, parse_clock_value, Inner, KEY_CLOCK, KEY_RECOVERING,
-};
+use super::{clock, compute_members, has_peers, maintain, Inner, KEY_CLOCK, KEY_RECOVERING};
 use crate::cluster::{Member, NodeView};
 use crate::events::{self, Event};
 use crate::guard::Guard;
@@ -293,15 +291,23 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                 seen.1 = seen.1.saturating_add(1);
             }
             drop(clock_keys);
-            if let (Some(peer_ms), Some(at)) = (parse_clock_value(&value), at_ms) {
+            if let (Some((peer_ms, bound)), Some(at)) =
+                (clock::decode(&value, &inner.config.node_id), at_ms)
+            {
                 let warn_ms = inner.config.clock_offset_warn.as_millis() as i64;
                 let crossed = inner.clocks.lock().expect("clock lock").record(
                     &node,
                     peer_ms as i64 - at as i64,
+                    bound,
                     warn_ms,
                 );
                 if let Some(c) = crossed {
+                    inner
+                        .counters
+                        .clock_warnings
+                        .fetch_add(1, Ordering::Relaxed);
                     warn!(peer = %node, offset_ms = c.offset_ms, bound_ms = warn_ms,
+                        from_both_sides = c.bounded,
                         "peer clock offset exceeds the bound: lease expiry will be early or late by about this much; check NTP");
                 }
             }
