@@ -7,20 +7,16 @@
 //!
 //! Run: `apt-get install -y wrk && cargo build --release && cargo run --release --example bench_auth`
 
+#[path = "common/mod.rs"]
+mod common;
+use common::free_port;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-register-token-0123456789abcdef";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Node(Child);
 impl Drop for Node {

@@ -6,33 +6,16 @@
 //! Run: `cargo build --release && cargo run --release --example bench_cluster`
 //! (needs `wrk` for part 1: `apt-get install -y wrk`; part 1 is skipped without it).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{binary, free_port};
+
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn binary() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/bender");
-    assert!(
-        p.exists(),
-        "build the release binary first: cargo build --release"
-    );
-    p
-}
 
 struct Cluster {
     children: Vec<Child>,

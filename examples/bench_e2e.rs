@@ -6,6 +6,10 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_e2e` (needs haproxy).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,16 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// An HTTP server answering every request with `name`, on its own thread.
 fn app_server(name: String) -> u16 {

@@ -13,32 +13,17 @@
 //! Run: `apt-get install -y haproxy && cargo build --release && cargo run --release --example bench_faults`
 //! (`bench_faults flood`, `restart` or `kills` runs one part.)
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{binary, free_port};
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn binary() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/bender");
-    assert!(
-        p.exists(),
-        "build the release binary first: cargo build --release"
-    );
-    p
-}
 
 fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

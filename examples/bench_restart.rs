@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_restart`
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{binary, free_port};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,25 +16,6 @@ use serde_json::Value;
 
 const NODES: usize = 3;
 const LEASES: usize = 60_000;
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn binary() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/bender");
-    assert!(
-        p.exists(),
-        "build the release binary first: cargo build --release"
-    );
-    p
-}
 
 struct Cluster {
     dir: PathBuf,

@@ -53,6 +53,13 @@ fn config_gossiping_every(
     .expect("valid test config")
 }
 
+/// Starts a node on `clock`.
+async fn start_node(t: &ChannelTransport, clock: &ManualClock, config: Config) -> Node {
+    Node::start(config, Arc::new(clock.clone()), t)
+        .await
+        .expect("the node starts")
+}
+
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !f() {
@@ -216,20 +223,8 @@ async fn a_node_back_after_longer_than_the_tombstone_ttl_does_not_resurrect_a_de
     let dir = tempdir("resurrect");
     let t = ChannelTransport::default();
     let clock = ManualClock::new(NOW);
-    let a = Node::start(
-        config(1, 2, SHORT_HORIZONS, Some(&dir)),
-        Arc::new(clock.clone()),
-        &t,
-    )
-    .await
-    .unwrap();
-    let b = Node::start(
-        config(2, 2, SHORT_HORIZONS, None),
-        Arc::new(clock.clone()),
-        &t,
-    )
-    .await
-    .unwrap();
+    let a = start_node(&t, &clock, config(1, 2, SHORT_HORIZONS, Some(&dir))).await;
+    let b = start_node(&t, &clock, config(2, 2, SHORT_HORIZONS, None)).await;
     all_live(&[&a, &b]).await;
     a.write_entity(backend("1"), WriteMode::Create, Snippets::AllowListed)
         .await
@@ -253,13 +248,7 @@ async fn a_node_back_after_longer_than_the_tombstone_ttl_does_not_resurrect_a_de
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let a = Node::start(
-        config(1, 2, SHORT_HORIZONS, Some(&dir)),
-        Arc::new(clock.clone()),
-        &t,
-    )
-    .await
-    .unwrap();
+    let a = start_node(&t, &clock, config(1, 2, SHORT_HORIZONS, Some(&dir))).await;
     wait_for("the restarted node is ready", || a.is_ready()).await;
     // Two maintenance rounds (adoption) and gossip rounds later, nothing came back.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -278,25 +267,13 @@ async fn a_lone_node_restores_the_entities_of_an_old_snapshot() {
     let dir = tempdir("old-alone");
     let t = ChannelTransport::default();
     let clock = ManualClock::new(NOW);
-    let a = Node::start(
-        config(1, 1, SHORT_HORIZONS, Some(&dir)),
-        Arc::new(clock.clone()),
-        &t,
-    )
-    .await
-    .unwrap();
+    let a = start_node(&t, &clock, config(1, 1, SHORT_HORIZONS, Some(&dir))).await;
     a.write_entity(backend("1"), WriteMode::Create, Snippets::AllowListed)
         .await
         .unwrap();
     a.stop().await;
     clock.advance(3_600_000);
-    let a = Node::start(
-        config(1, 1, SHORT_HORIZONS, Some(&dir)),
-        Arc::new(clock.clone()),
-        &t,
-    )
-    .await
-    .unwrap();
+    let a = start_node(&t, &clock, config(1, 1, SHORT_HORIZONS, Some(&dir))).await;
     assert!(a.get::<Backend>("web").is_some());
     a.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

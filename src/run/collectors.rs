@@ -1,8 +1,10 @@
 //! The metrics other stages keep (the render stage's apply status, gossip drops, refused peer
-//! records), read at scrape time, and the task that keeps the view gauges and event counters
-//! up to date.
+//! records, events), read at scrape time, and the task that keeps the view gauges up to date.
 
 use std::sync::Arc;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 
 use super::{statuses, SharedRender};
 use crate::metrics::{FnCollector, Metrics};
@@ -17,10 +19,7 @@ pub(super) fn register_collectors(
     node: Node,
     render: SharedRender,
 ) {
-    use prometheus_client::encoding::{
-        DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet,
-    };
-    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::encoding::{EncodeLabelSet, NoLabelSet};
     use prometheus_client::metrics::gauge::ConstGauge;
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,15 +39,12 @@ pub(super) fn register_collectors(
         result: &'static str,
     }
 
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(dropped.load(std::sync::atomic::Ordering::Relaxed));
-        c.encode(enc.encode_descriptor(
-            "gossip_dropped",
-            "Gossip datagrams dropped because the sender is outside gossip_allow",
-            None,
-            c.metric_type(),
-        )?)
-    })));
+    counter(
+        metrics,
+        "gossip_dropped",
+        "Gossip datagrams dropped because the sender is outside gossip_allow",
+        move || dropped.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let n = node.clone();
     metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
         let mut m = enc.encode_descriptor(
@@ -63,34 +59,32 @@ pub(super) fn register_collectors(
         Ok(())
     })));
     let n = node.clone();
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(n.stamps_refused());
-        c.encode(enc.encode_descriptor(
-            "gossip_stamps_refused",
-            "Records from peers refused because their stamp was further ahead than max_clock_drift",
-            None,
-            c.metric_type(),
-        )?)
-    })));
+    counter(
+        metrics,
+        "gossip_stamps_refused",
+        "Records from peers refused because their stamp was further ahead than max_clock_drift",
+        move || n.stamps_refused(),
+    );
     let n = node.clone();
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(n.resyncs());
-        c.encode(enc.encode_descriptor(
-            "gossip_resyncs",
-            "Times more key changes came from peers than the queue holds, and every peer's keyspace was re-read",
-            None,
-            c.metric_type(),
-        )?)
-    })));
-    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        let c = ConstCounter::new(node.records_refused());
-        c.encode(enc.encode_descriptor(
-            "gossip_records_refused",
-            "Records from peers refused: undecodable, or values no client could write",
-            None,
-            c.metric_type(),
-        )?)
-    })));
+    counter(
+        metrics,
+        "gossip_resyncs",
+        "Times more key changes came from peers than the queue holds, and every peer's keyspace was re-read",
+        move || n.resyncs(),
+    );
+    let n = node.clone();
+    counter(
+        metrics,
+        "clock_warnings",
+        "Warnings that a peer's clock is off by more than clock_offset_warn",
+        move || n.clock_warnings(),
+    );
+    counter(
+        metrics,
+        "gossip_records_refused",
+        "Records from peers refused: undecodable, or values no client could write",
+        move || node.records_refused(),
+    );
     metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
         let all = statuses(&render);
         let now = std::time::SystemTime::now();
@@ -229,4 +223,17 @@ pub(super) async fn feed_metrics(node: Node, metrics: Arc<Metrics>, mut shutdown
             _ = shutdown.wait() => return,
         }
     }
+}
+
+/// Registers a counter whose value `read` gives at scrape time.
+fn counter(
+    metrics: &Metrics,
+    name: &'static str,
+    help: &'static str,
+    read: impl Fn() -> u64 + Send + Sync + 'static,
+) {
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let c = ConstCounter::new(read());
+        c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+    })));
 }
