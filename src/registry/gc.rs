@@ -56,7 +56,7 @@ impl Plan {
             own.insert(key.clone(), marker.clone());
         }
         for k in &self.forget_leases {
-            registry.leases.remove(k);
+            registry.remove_lease(k);
         }
         for key in &self.forget_entities {
             if let Some(name) = key.strip_prefix(BACKEND_PREFIX) {
@@ -219,6 +219,8 @@ mod tests {
             for t in [now, now + 1, now + 10, now + 100] {
                 prop_assert_eq!(reg.view(t), before.view(t));
             }
+            // The per-app count the limits read follows what is forgotten.
+            prop_assert_eq!(reg.leases_of_app("app"), reg.leases.len());
         }
 
         /// The copy that wins a lease is never deleted from our keyspace while it can matter,

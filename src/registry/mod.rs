@@ -80,6 +80,9 @@ pub struct Registry {
     pub leases: BTreeMap<RegKey, LeaseSlot>,
     pub backends: BTreeMap<String, EntitySlot<Backend>>,
     pub frontends: BTreeMap<String, EntitySlot<Frontend>>,
+    /// Leases held per app (derived from `leases`, kept in step by `insert`, `remove_lease` and
+    /// `merge`): the per-app limit is checked on every new registration.
+    per_app: BTreeMap<String, usize>,
 }
 
 fn join_map<K: Ord, V, F: Fn(&mut V, V)>(into: &mut BTreeMap<K, V>, from: BTreeMap<K, V>, f: F) {
@@ -131,6 +134,7 @@ impl Registry {
                 let deadline = lease.deadline_ms;
                 match self.leases.entry(k) {
                     Entry::Vacant(e) => {
+                        *self.per_app.entry(e.key().app.clone()).or_default() += 1;
                         e.insert(LeaseSlot {
                             reg: LWWReg { val: lease, marker },
                             max_deadline_ms: deadline,
@@ -180,25 +184,32 @@ impl Registry {
         }
     }
 
+    /// Forgets a lease (garbage collection).
+    pub fn remove_lease(&mut self, k: &RegKey) {
+        if self.leases.remove(k).is_some() {
+            if let Some(n) = self.per_app.get_mut(&k.app) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_app.remove(&k.app);
+                }
+            }
+        }
+    }
+
     /// The CRDT join: commutative, associative and idempotent.
     pub fn merge(&mut self, other: Registry) {
         join_map(&mut self.leases, other.leases, LeaseSlot::merge);
+        self.per_app.clear();
+        for k in self.leases.keys() {
+            *self.per_app.entry(k.app.clone()).or_default() += 1;
+        }
         join_map(&mut self.backends, other.backends, EntitySlot::merge);
         join_map(&mut self.frontends, other.frontends, EntitySlot::merge);
     }
 
     /// How many leases of `app` the registry holds (live or not yet collected).
     pub fn leases_of_app(&self, app: &str) -> usize {
-        let from = RegKey {
-            app: app.to_string(),
-            version: String::new(),
-            host: String::new(),
-            port: 0,
-        };
-        self.leases
-            .range(from..)
-            .take_while(|(k, _)| k.app == app)
-            .count()
+        self.per_app.get(app).copied().unwrap_or(0)
     }
 
     /// The greatest stamp anywhere in the registry (the HLC observes it).
