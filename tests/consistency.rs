@@ -33,10 +33,19 @@ fn config_gossiping_every(
     data_dir: Option<&Path>,
     interval: Duration,
 ) -> Config {
-    let seeds = (1..=n)
-        .filter(|j| *j != i)
-        .map(|j| addr(j).to_string())
-        .collect();
+    let peers: Vec<u8> = (1..=n).filter(|j| *j != i).collect();
+    config_with_peers(i, &peers, extra, data_dir, interval)
+}
+
+/// Node `i` seeded with `peers` (for tests whose node ids must differ from the others').
+fn config_with_peers(
+    i: u8,
+    peers: &[u8],
+    extra: &str,
+    data_dir: Option<&Path>,
+    interval: Duration,
+) -> Config {
+    let seeds = peers.iter().map(|j| addr(*j).to_string()).collect();
     let file: FileConfig = toml::from_str(extra).expect("test config parses");
     Config::resolve(
         file,
@@ -420,6 +429,35 @@ async fn nodes_on_one_clock_never_warn_about_each_other_during_a_write_burst() {
     assert!(
         worst <= 200,
         "estimate {worst} ms for a peer on the same clock"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_whose_hand_over_queue_overflows_rereads_and_misses_nothing() {
+    // More keys than the callback's queue holds (16,384) arrive while the joining node's view
+    // task is stalled (a failpoint named after the node, whose id no other test uses).
+    const LEASES: u16 = 18_000;
+    let extra = "warmup = \"60s\"\n[limits]\nmax_registrations = 40000\nmax_registrations_per_app = 40000\n";
+    let every = Duration::from_millis(50);
+    let t = ChannelTransport::default();
+    let clock = ManualClock::new(NOW);
+    let b = start_node(&t, &clock, config_with_peers(8, &[7], extra, None, every)).await;
+    for port in 1..=LEASES {
+        b.register(key(port), Some(Duration::from_secs(600)), BTreeMap::new())
+            .await
+            .unwrap();
+    }
+    fail::cfg("node.view.stall.n7", "1*sleep(3000)").unwrap();
+    let a = start_node(&t, &clock, config_with_peers(7, &[8], extra, None, every)).await;
+    wait_for("the joining node has every lease", || {
+        a.registrations(Some("web"), None, None).len() == LEASES as usize
+    })
+    .await;
+    assert!(
+        a.resyncs() > 0,
+        "the queue never overflowed: the test proves nothing"
     );
     a.stop().await;
     b.stop().await;
