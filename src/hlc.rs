@@ -50,6 +50,42 @@ impl Clock for ManualClock {
     }
 }
 
+/// A wall clock that follows tokio's clock (which a test may pause and advance), from a given
+/// start: with `#[tokio::test(start_paused = true)]` every node's wall clock, timers and
+/// chitchat's failure detector move together in virtual time, so a cluster runs for hours in
+/// milliseconds. An offset makes one node's clock run ahead or behind.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    start_ms: u64,
+    origin: tokio::time::Instant,
+    offset_ms: i64,
+}
+
+impl TokioClock {
+    pub fn new(start_ms: u64) -> Self {
+        TokioClock {
+            start_ms,
+            origin: tokio::time::Instant::now(),
+            offset_ms: 0,
+        }
+    }
+
+    /// The same clock, `offset_ms` ahead (or behind, if negative).
+    pub fn skewed(&self, offset_ms: i64) -> Self {
+        TokioClock {
+            offset_ms,
+            ..self.clone()
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = self.origin.elapsed().as_millis() as i64;
+        (self.start_ms as i64 + elapsed + self.offset_ms).max(0) as u64
+    }
+}
+
 /// A hybrid logical clock stamp. Serialized as `[wall_ms, logical, "node"]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp(pub u64, pub u32, pub String);

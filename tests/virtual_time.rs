@@ -1,0 +1,116 @@
+//! A cluster in virtual time: nodes in one process over chitchat's `ChannelTransport`, with
+//! tokio's clock paused, so timers, gossip, chitchat's failure detector and every node's wall
+//! clock (`TokioClock`) advance together, and hours pass in moments.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bender::config::{Config, FileConfig, Overrides};
+use bender::hlc::TokioClock;
+use bender::model::{Backend, RegKey, Snippets};
+use bender::node::{Node, WriteMode};
+use chitchat::transport::ChannelTransport;
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn addr(i: u8) -> SocketAddr {
+    ([10, 2, 0, i], 1730).into()
+}
+
+fn config(i: u8, n: u8) -> Config {
+    let file: FileConfig = toml::from_str(
+        r#"
+dead_node_grace = "10m"
+tombstone_ttl = "1h"
+lease_gc_grace = "1m"
+"#,
+    )
+    .unwrap();
+    Config::resolve(
+        file,
+        Overrides {
+            node_id: Some(format!("v{i}")),
+            cluster_id: Some("virtual".into()),
+            gossip_listen: Some(addr(i)),
+            seeds: (1..=n)
+                .filter(|j| *j != i)
+                .map(|j| addr(j).to_string())
+                .collect(),
+            gossip_interval: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn settle(what: &str, nodes: &[Node], mut f: impl FnMut(&Node) -> bool) {
+    for _ in 0..600 {
+        if nodes.iter().all(&mut f) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("after a minute of virtual time, not every node: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_hours_of_virtual_time_collect_every_lease_and_tombstone_on_every_node() {
+    let t = ChannelTransport::default();
+    let clock = TokioClock::new(NOW);
+    let mut nodes = Vec::new();
+    for i in 1..=3u8 {
+        // One node's clock runs 150 ms ahead: NTP-grade skew.
+        let c = if i == 3 {
+            clock.skewed(150)
+        } else {
+            clock.clone()
+        };
+        nodes.push(Node::start(config(i, 3), Arc::new(c), &t).await.unwrap());
+    }
+    settle("sees all three members live", &nodes, |n| {
+        n.members().iter().filter(|m| m.live).count() == 3
+    })
+    .await;
+    for port in 1..=50u16 {
+        let k = RegKey::new("web", "1", "10.0.0.1", port).unwrap();
+        nodes[usize::from(port) % 3]
+            .register(k, Some(Duration::from_secs(10)), BTreeMap::new())
+            .await
+            .unwrap();
+    }
+    let web: Backend =
+        serde_json::from_value(serde_json::json!({"name": "web", "app": "web", "version": "1"}))
+            .unwrap();
+    nodes[0]
+        .write_entity(web, WriteMode::Create, Snippets::AllowListed)
+        .await
+        .unwrap();
+    settle("lists 50 registrations and the backend", &nodes, |n| {
+        n.counts().0 == 50 && n.counts().1 == 1
+    })
+    .await;
+    nodes[1].delete_entity::<Backend>("web").await.unwrap();
+    settle("has the deletion", &nodes, |n| n.counts().1 == 0).await;
+
+    // Two hours pass: every lease expires (10 s), is collected (1 min later), and the tombstone
+    // is forgotten (1 h); the members stay live throughout.
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    for n in &nodes {
+        let (live, backends, frontends, held) = n.counts();
+        assert_eq!(
+            (live, backends, frontends, held),
+            (0, 0, 0, 0),
+            "{}: state left after two hours",
+            n.node_id()
+        );
+        assert_eq!(n.members().iter().filter(|m| m.live).count(), 3);
+        // Its keyspace is down to its own metadata (API address, clock).
+        assert_eq!(n.own_key_count().await, 2, "{}", n.node_id());
+        assert_eq!(n.clock_warnings(), 0);
+    }
+    for n in &nodes {
+        n.stop().await;
+    }
+}
