@@ -311,34 +311,21 @@ impl Api {
         let rx = self.node.subscribe_events();
         let node = self.node.clone();
         let mut stop = self.shutdown.clone();
+        let state = move || {
+            serde_json::to_value(crate::cluster::StateDump::new(
+                node.node_id(),
+                &node.current_view(),
+                node.members(),
+            ))
+            .unwrap_or(Value::Null)
+        };
         // The permit lives as long as the stream.
-        let stream = futures_util::stream::unfold((rx, permit), move |(mut rx, permit)| {
-            let node = node.clone();
-            async move {
-                let item = match rx.recv().await {
-                    Ok(event) => warp::sse::Event::default()
-                        .event(event.kind())
-                        .json_data(&event)
-                        .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
-                    // Fell behind: the events in between are gone, so the subscriber gets the
-                    // whole state instead, and the events after it continue from there.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let state = crate::cluster::StateDump::new(
-                            node.node_id(),
-                            &node.current_view(),
-                            node.members(),
-                        );
-                        warp::sse::Event::default()
-                            .event("resync")
-                            .json_data(json!({"missed": n, "state": state}))
-                            .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                };
-                Some((Ok::<_, Infallible>(item), (rx, permit)))
-            }
-        })
-        .take_until(Box::pin(async move { stop.wait().await }));
+        let stream = event_stream(rx, state)
+            .map(move |item| {
+                let _ = &permit;
+                Ok::<_, Infallible>(item)
+            })
+            .take_until(Box::pin(async move { stop.wait().await }));
         Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
     }
 }
@@ -346,4 +333,59 @@ impl Api {
 pub(super) fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
     let port = model::parse_port("port", k.port)?;
     Ok(RegKey::new(k.app, k.version, k.host, port)?)
+}
+
+/// The SSE events of a subscription: every event in order; after falling behind (the events in
+/// between are gone), a `resync` event with the whole state (`state()`), and the events after it.
+fn event_stream(
+    rx: tokio::sync::broadcast::Receiver<crate::events::Event>,
+    state: impl Fn() -> Value + Send + Sync + 'static,
+) -> impl futures_util::Stream<Item = warp::sse::Event> {
+    let state = std::sync::Arc::new(state);
+    futures_util::stream::unfold(rx, move |mut rx| {
+        let state = state.clone();
+        async move {
+            let item = match rx.recv().await {
+                Ok(event) => warp::sse::Event::default()
+                    .event(event.kind())
+                    .json_data(&event)
+                    .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warp::sse::Event::default()
+                        .event("resync")
+                        .json_data(json!({"missed": n, "state": state()}))
+                        .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((item, rx))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::model::RegKey;
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_the_whole_state_then_the_events_after_it() {
+        let (tx, rx) = tokio::sync::broadcast::channel(8);
+        let online = |port| Event::Online {
+            registration: RegKey::new("web", "1", "10.0.0.1", port).unwrap(),
+        };
+        // Twelve events into a buffer of eight before the subscriber reads anything.
+        for port in 1..=12 {
+            tx.send(online(port)).unwrap();
+        }
+        let stream = event_stream(rx, || json!({"registrations": ["the whole state"]}));
+        let texts: Vec<String> = stream.take(9).map(|e| e.to_string()).collect().await;
+        assert!(texts[0].starts_with("event:resync\n"), "{}", texts[0]);
+        assert!(texts[0].contains(r#""missed":4"#), "{}", texts[0]);
+        assert!(texts[0].contains("the whole state"), "{}", texts[0]);
+        // Then the eight events still buffered, in order, the last one being port 12.
+        assert!(texts[1].contains(r#""port":5"#), "{}", texts[1]);
+        assert!(texts[8].contains(r#""port":12"#), "{}", texts[8]);
+    }
 }
