@@ -279,6 +279,7 @@ impl Api {
             "frontends": frontends,
             "degraded": self.node.views().borrow().degraded.clone(),
             "registrations_held": self.node.views().borrow().held.len(),
+            "snapshot_entities_held_back": self.node.held_back_entities(),
             "api": {
                 "tls": self.security.tls_enabled(),
                 "credentials": if self.security.guard().loopback_only() { "none (loopback only)" } else { "required" },

@@ -456,6 +456,16 @@ impl Node {
         self.inner.counters.resyncs.load(Ordering::Relaxed)
     }
 
+    /// Entities of an old snapshot this node still holds back (see [`registry::restore`]).
+    pub fn held_back_entities(&self) -> usize {
+        self.inner
+            .local
+            .lock()
+            .expect("local lock")
+            .quarantined
+            .len()
+    }
+
     /// Events emitted so far, by kind.
     pub fn event_counts(&self) -> Vec<(&'static str, u64)> {
         EVENT_KINDS
