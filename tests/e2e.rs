@@ -80,7 +80,13 @@ impl Drop for Renewer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A renewal the node refused panicked the renewer: that fails the test (unless it
+            // is already failing), rather than only stopping the renewals.
+            if let Err(panic) = t.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
     }
 }

@@ -604,7 +604,7 @@ fn a_reload_the_master_never_answered_is_retried_without_a_change() {
 }
 
 #[test]
-fn a_burst_of_200_changes_in_a_second_reloads_at_most_twice() {
+fn a_burst_of_200_changes_reloads_at_most_twice_plus_once_per_further_second_of_burst() {
     let a = TestServer::start("a");
     let port = free_port();
     // The default debounce (200 ms quiet, 1 s maximum wait).

@@ -140,14 +140,30 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     })
     .await;
 
-    // Expiry needs no coordination: moving the clock past the deadline ends it everywhere.
+    // Expiry needs no coordination: moving the clock past the deadline ends it everywhere, in
+    // what each node lists, in the view it publishes (what HAProxy gets) and as an `offline`
+    // event. (The manual clock jumps, so the view task sees it at its next maintenance round;
+    // tests/virtual_time.rs checks the wake-up at the deadline itself.)
+    let mut streams: Vec<_> = nodes.iter().map(|n| n.subscribe_events()).collect();
     clock.advance(30_001);
     wait_for("the registration expires on every node", || {
-        nodes
-            .iter()
-            .all(|n| n.registrations(None, None, None).is_empty())
+        nodes.iter().all(|n| {
+            n.registrations(None, None, None).is_empty()
+                && n.views().borrow().view.registrations.is_empty()
+        })
     })
     .await;
+    for (i, events) in streams.iter_mut().enumerate() {
+        let offline = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let bender::events::Event::Offline { .. } = events.recv().await.unwrap() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(offline.is_ok(), "node {i} emitted no offline event");
+    }
 
     for n in &nodes {
         n.stop().await;
@@ -179,8 +195,20 @@ async fn a_delete_made_during_a_partition_is_not_undone_by_the_healed_side() {
         version_on(&nodes[2]).is_none()
     })
     .await;
-    // The healed node's older copy never revives the backend, even after maintenance rounds.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The only copy of the old version left is the one the healed node had adopted into its own
+    // keyspace. Once its maintenance adopts the deletion in its place, no copy can revive it.
+    let start = tokio::time::Instant::now();
+    while !nodes[2]
+        .own_value("b:web")
+        .await
+        .is_some_and(|v| v.contains(r#""v":null"#))
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the healed node never adopts the deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(nodes.iter().all(|n| version_on(n).is_none()));
     for n in &nodes {
         n.stop().await;
@@ -214,8 +242,10 @@ async fn each_node_estimates_its_peers_clock_offsets() {
     n2.stop().await;
 }
 
+/// The registry and the live keyspace; chitchat's own deletion markers outlive this test's
+/// real time, and tests/virtual_time.rs checks that they go too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_leases_and_old_tombstones_are_collected() {
+async fn expired_leases_and_old_tombstones_are_collected_from_the_registry_and_the_live_keyspace() {
     let transport = ChannelTransport::with_mtu(65_507);
     let clock = ManualClock::new(20_000_000);
     let node = Node::start(config(1), Arc::new(clock.clone()), &transport)

@@ -27,6 +27,8 @@ pub(super) struct Offsets {
     samples: HashMap<String, VecDeque<i64>>,
     /// Each peer's published lower bound of (us - peer).
     theirs: HashMap<String, i64>,
+    /// Peers that run a version publishing bounds (whether or not one for us has come yet).
+    publishing: std::collections::HashSet<String>,
     /// Peers whose offset is currently beyond the warning bound.
     beyond: HashMap<String, i64>,
 }
@@ -39,15 +41,22 @@ pub(super) struct Crossed {
 }
 
 impl Offsets {
-    /// Adds a sample and the peer's published bound for us (if it publishes one); says when the
-    /// offset has just gone past `warn_ms`.
+    /// Adds a sample and the peer's published bound for us (if it publishes one; `publishing`
+    /// says whether its version publishes bounds at all); says when the offset has just gone
+    /// past `warn_ms`.
     pub fn record(
         &mut self,
         node: &str,
         sample: i64,
         their_bound: Option<i64>,
+        publishing: bool,
         warn_ms: i64,
     ) -> Option<Crossed> {
+        if publishing {
+            self.publishing.insert(node.to_string());
+        } else {
+            self.publishing.remove(node);
+        }
         let samples = self.samples.entry(node.to_string()).or_default();
         samples.push_back(sample);
         if samples.len() > CLOCK_SAMPLES {
@@ -97,6 +106,12 @@ impl Offsets {
     }
 
     fn beyond_bound(&self, node: &str, warn_ms: i64) -> Option<i64> {
+        let (lower, upper) = self.bounds(node)?;
+        if upper.is_none() && self.publishing.contains(node) {
+            // Its bound for us has not come yet (it has just started, or has just met us): a
+            // low lower bound may be delay alone; only a high one proves anything.
+            return (lower > warn_ms).then_some(lower);
+        }
         self.estimate(node).filter(|e| e.abs() > warn_ms)
     }
 
@@ -118,6 +133,7 @@ impl Offsets {
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.samples.retain(|node, _| keep(node));
         self.theirs.retain(|node, _| keep(node));
+        self.publishing.retain(|node| keep(node));
         self.beyond.retain(|node, _| keep(node));
     }
 
@@ -138,18 +154,32 @@ pub(super) fn encode(now_ms: u64, round: u64, bounds: &[(String, i64)]) -> Strin
     out
 }
 
+/// A clock key's value as read by node `me`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ClockValue {
+    pub ms: u64,
+    /// The writer's lower bound of (me - writer), if it published one.
+    pub bound: Option<i64>,
+    /// Whether the writer runs a version that publishes bounds (its value has a round).
+    pub publishing: bool,
+}
+
 /// The wall clock (ms) in a clock key's value, and the bound it publishes for node `me`.
-pub(super) fn decode(value: &str, me: &str) -> Option<(u64, Option<i64>)> {
+pub(super) fn decode(value: &str, me: &str) -> Option<ClockValue> {
     let mut parts = value.split(' ');
     let ms = parts.next()?.parse().ok()?;
-    let _round = parts.next();
+    let publishing = parts.next().is_some();
     let bound = parts.next().and_then(|list| {
         list.split(',').find_map(|kv| {
             let (n, b) = kv.split_once('=')?;
             (n == me).then(|| b.parse().ok()).flatten()
         })
     });
-    Some((ms, bound))
+    Some(ClockValue {
+        ms,
+        bound,
+        publishing,
+    })
 }
 
 #[cfg(test)]
@@ -161,7 +191,7 @@ mod tests {
         let mut o = Offsets::default();
         // True offset +50 ms; receipt delays of 1-3 ms, then one of 1.4 s behind a burst.
         for delay in [1, 3, 2, 1_400, 2] {
-            o.record("b", 50 - delay, None, 200);
+            o.record("b", 50 - delay, None, false, 200);
         }
         assert_eq!(o.estimate("b"), Some(49));
     }
@@ -173,7 +203,7 @@ mod tests {
         // reach it at once, so it sees us at about 0.
         let mut warned = 0;
         for _ in 0..8 {
-            warned += usize::from(o.record("b", -1_400, Some(-2), 200).is_some());
+            warned += usize::from(o.record("b", -1_400, Some(-2), true, 200).is_some());
         }
         assert_eq!(warned, 0);
         let (lower, upper) = o.bounds("b").unwrap();
@@ -182,11 +212,23 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_has_not_published_its_bound_for_us_yet_is_not_warned_about_for_a_delay() {
+        let mut o = Offsets::default();
+        // Its first clock values were written before we met: they arrive late.
+        for _ in 0..3 {
+            assert!(o.record("b", -900, None, true, 200).is_none());
+        }
+        // An older version publishes nothing: judged on the lower bound alone, as before.
+        assert!(o.record("c", -900, None, false, 200).is_none());
+        assert!(o.record("c", -900, None, false, 200).is_some());
+    }
+
+    #[test]
     fn a_clock_that_is_really_off_is_warned_about_once() {
         let mut o = Offsets::default();
         // The peer is 5 s ahead: we see +5 s (minus small delays), it sees us at -5 s.
         let warned: usize = (0..8)
-            .map(|_| usize::from(o.record("b", 4_998, Some(-5_001), 200).is_some()))
+            .map(|_| usize::from(o.record("b", 4_998, Some(-5_001), true, 200).is_some()))
             .sum();
         assert_eq!(warned, 1);
         assert!((4_998..=5_001).contains(&o.estimate("b").unwrap()));
@@ -196,18 +238,19 @@ mod tests {
     fn the_clock_key_round_trips_and_an_older_value_still_reads() {
         let v = encode(1_000, 7, &[("n1".into(), -3), ("n3".into(), 12)]);
         assert_eq!(v, "1000 7 n1=-3,n3=12");
-        assert_eq!(decode(&v, "n3"), Some((1_000, Some(12))));
-        assert_eq!(decode(&v, "n9"), Some((1_000, None)));
-        assert_eq!(decode("1000", "n1"), Some((1_000, None)));
-        assert_eq!(decode("1000 7", "n1"), Some((1_000, None)));
-        assert_eq!(decode("x", "n1"), None);
+        let read = |v: &str, me: &str| decode(v, me).map(|c| (c.ms, c.bound, c.publishing));
+        assert_eq!(read(&v, "n3"), Some((1_000, Some(12), true)));
+        assert_eq!(read(&v, "n9"), Some((1_000, None, true)));
+        assert_eq!(read("1000", "n1"), Some((1_000, None, false)));
+        assert_eq!(read("1000 7", "n1"), Some((1_000, None, true)));
+        assert_eq!(read("x", "n1"), None);
     }
 
     #[test]
     fn departed_peers_are_forgotten() {
         let mut o = Offsets::default();
-        o.record("b", 1, Some(0), 200);
-        o.record("c", 1, None, 200);
+        o.record("b", 1, Some(0), true, 200);
+        o.record("c", 1, None, false, 200);
         o.retain(|n| n == "c");
         assert_eq!(o.len(), 1);
         assert_eq!(o.estimate("b"), None);

@@ -496,6 +496,18 @@ impl Node {
             .count()
     }
 
+    /// Keys in this node's own gossip keyspace counting chitchat's deletion markers, which
+    /// `own_key_count` does not see (they are state too, until chitchat drops them).
+    pub async fn own_key_count_including_deleted(&self) -> usize {
+        self.inner
+            .chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .key_values_including_deleted()
+            .count()
+    }
+
     /// The value this node's own keyspace holds for a registry key (for tests of the write
     /// path: what peers receive).
     pub async fn own_value(&self, key: &str) -> Option<String> {

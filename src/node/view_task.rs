@@ -294,14 +294,13 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                 seen.1 = seen.1.saturating_add(1);
             }
             drop(clock_keys);
-            if let (Some((peer_ms, bound)), Some(at)) =
-                (clock::decode(&value, &inner.config.node_id), at_ms)
-            {
+            if let (Some(v), Some(at)) = (clock::decode(&value, &inner.config.node_id), at_ms) {
                 let warn_ms = inner.config.clock_offset_warn.as_millis() as i64;
                 let crossed = inner.clocks.lock().expect("clock lock").record(
                     &node,
-                    peer_ms as i64 - at as i64,
-                    bound,
+                    v.ms as i64 - at as i64,
+                    v.bound,
+                    v.publishing,
                     warn_ms,
                 );
                 if let Some(c) = crossed {

@@ -313,7 +313,8 @@ fn a_broken_template_reports_file_and_line() {
 
 /// The worker, with no HAProxy at all: writes go to a temp dir, no check, no reload.
 #[tokio::test]
-async fn a_burst_of_changes_is_applied_at_most_twice_and_renewals_not_at_all() {
+async fn a_burst_of_changes_is_applied_at_most_twice_plus_once_per_further_second_and_renewals_not_at_all(
+) {
     let dir = fresh_dir("burst");
     let dest = dir.join("haproxy.cfg");
     let mut t = default_template(test_vars(&dir));
