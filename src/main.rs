@@ -27,16 +27,21 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::from(2);
             }
-            // One line, naming the flag and what is valid: operators grep logs for it.
-            let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
+            // One line (operators grep logs for it) carrying all of clap's message: what is
+            // wrong, what is missing, what is valid, and its tip.
             let valid = match e.get(clap::error::ContextKind::ValidValue) {
-                Some(clap::error::ContextValue::Strings(values)) => {
+                Some(clap::error::ContextValue::Strings(values)) if !values.is_empty() => {
                     format!(" (valid: {})", values.join(", "))
                 }
                 _ => String::new(),
             };
-            eprintln!("bender: {}{valid}", line.trim_start_matches("error: "));
+            let message = one_line(&e.render().to_string());
+            let valid = if message.contains("possible values") {
+                ""
+            } else {
+                &valid
+            };
+            eprintln!("bender: {message}{valid}");
             return ExitCode::from(2);
         }
     };
@@ -152,4 +157,25 @@ async fn wait_for_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// clap's rendered error as one line: its lines joined, tips after a `;`, without the usage
+/// and "for more information" footer (`--help` shows those).
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information")
+        {
+            continue;
+        }
+        let line = line.trim_start_matches("error: ");
+        if !out.is_empty() {
+            out.push_str(if line.starts_with("tip:") { "; " } else { " " });
+        }
+        out.push_str(line);
+    }
+    if out.is_empty() {
+        out.push_str("invalid arguments");
+    }
+    out
 }

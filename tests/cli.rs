@@ -27,13 +27,20 @@ fn bad_flags_are_one_line_errors_with_exit_code_2() {
         (&["agent", "--no-such-flag"][..], "--no-such-flag"),
         (
             &["agent", "--log-format", "xml"][..],
-            "--log-format <LOG_FORMAT>' (valid: text, json)",
+            "--log-format <LOG_FORMAT>' [possible values: text, json]",
+        ),
+        // All of clap's message, on the one line: the missing arguments by name, the tip.
+        (&["render"][..], "not provided: --config <CONFIG>"),
+        (
+            &["agent", "--defualt-ttl", "1s"][..],
+            "tip: a similar argument exists: '--default-ttl'",
         ),
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("(valid: )"), "{args:?}: {stderr}");
     }
 }
 
