@@ -207,3 +207,45 @@ fn the_sidecar_renews_and_deregisters_at_once_on_sigterm() {
         gone_at.elapsed()
     );
 }
+
+#[test]
+fn status_shows_a_failing_template_its_one_line_error_and_what_ready_answers() {
+    let dir = common::haproxy::TempDir::new("cli-status");
+    let template = dir.0.join("broken.tera");
+    // A syntax error on the second line: the error text spans several lines.
+    std::fs::write(&template, "global\n{% if %}\n").unwrap();
+    let c = TestCluster::start_with(
+        1,
+        &format!(
+            "{}\n[[template]]\nname = \"broken\"\nsource = \"{}\"\ndestination = \"{}\"\ncheck = []\nreload = {{ method = \"none\" }}\n",
+            common::TEST_CONFIG,
+            template.display(),
+            dir.0.join("haproxy.cfg").display()
+        ),
+    );
+    let a = c.node(0).api.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the status reports the template error",
+        || json(&a, &["status", "--json"])["templates"][0]["template_error"].is_string(),
+    );
+    let (code, table, err) = bender(&a, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    let ready = table.lines().find(|l| l.starts_with("ready")).unwrap_or("");
+    assert!(ready.contains("no:"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("broken"))
+        .unwrap_or_else(|| panic!("no row for the template: {table}"));
+    assert!(row.contains("error"), "{table}");
+    assert!(
+        row.contains("broken.tera"),
+        "the error names the file: {table}"
+    );
+    // One row per template: the multi-line error does not break the table.
+    assert_eq!(
+        table.lines().filter(|l| !l.trim().is_empty()).count(),
+        7 + 2,
+        "{table}"
+    );
+}

@@ -155,6 +155,22 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A message as one table cell: its lines joined, at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    if joined.chars().count() <= max {
+        return joined;
+    }
+    let mut cut: String = joined.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -283,12 +299,20 @@ fn members(out: &OutputArgs) -> Result<(), ClientError> {
 }
 
 fn status(out: &OutputArgs) -> Result<(), ClientError> {
-    let v = client(&out.connect)?.call("GET", "/v1/status", None)?;
+    let c = client(&out.connect)?;
+    let v = c.call("GET", "/v1/status", None)?;
+    // What /ready answers (the node caught up *and* the last apply succeeded), not the node's
+    // own flag alone.
+    let ready = match c.call("GET", "/ready", None) {
+        Ok(_) => "yes".to_string(),
+        Err(ClientError::Api { message, .. }) => format!("no: {}", one_line(&message, 100)),
+        Err(e) => return Err(e),
+    };
     print(out, &v, |v| {
+        println!("{:<20} {}", "node_id", s(&v["node_id"]));
+        println!("{:<20} {}", "cluster_id", s(&v["cluster_id"]));
+        println!("{:<20} {ready}", "ready");
         for key in [
-            "node_id",
-            "cluster_id",
-            "ready",
             "members_live",
             "registrations_live",
             "backends",
@@ -300,12 +324,20 @@ fn status(out: &OutputArgs) -> Result<(), ClientError> {
             let rows = applies
                 .iter()
                 .map(|t| {
+                    // A template that does not load keeps its last version rendering: its
+                    // error is the one to show.
+                    let error = t["template_error"].as_str().or(t["error"].as_str());
+                    let result = match (t["ok"].as_bool(), error) {
+                        (Some(true), _) => "ok",
+                        (_, Some(_)) => "error",
+                        _ => "pending",
+                    };
                     vec![
                         s(&t["name"]),
-                        s(&t["result"]),
+                        result.to_string(),
                         s(&t["last_apply"]),
                         s(&t["reloads"]),
-                        s(&t["error"]),
+                        error.map_or("-".to_string(), |e| one_line(e, 100)),
                     ]
                 })
                 .collect();
