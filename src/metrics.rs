@@ -60,6 +60,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bender");
+        registry.register(
+            "build",
+            "The running bender's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         let api_requests = Family::<ApiLabels, Counter>::default();
         registry.register(
             "api_requests",

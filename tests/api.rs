@@ -396,6 +396,14 @@ fn metrics_are_valid_prometheus_text_and_count_what_happened() {
         Some(1.0)
     );
     assert_eq!(sample(&s, "bender_gossip_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &s,
+            "bender_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
