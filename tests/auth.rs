@@ -242,21 +242,7 @@ fn a_register_token_registers_its_own_address_only_unless_a_rule_allows_more() {
         ),
     )
     .unwrap();
-    // On every address, so that clients reach it from theirs.
-    let (api, gossip) = (common::free_port(), common::free_port());
-    let _node = common::Proc::start(
-        "policy",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--api-listen".into(),
-            format!("0.0.0.0:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-        ],
-    );
+    let (_node, api) = common::Proc::on_every_address("policy", Some(&config));
     let base = format!("http://{a}:{api}");
     let reg = |src: &str, app: &str, host: &str| {
         let body = format!(r#"{{"app":"{app}","version":"1","host":"{host}","port":8080}}"#);
@@ -387,19 +373,7 @@ fn raw_snippets_need_the_node_switch_and_an_admin_token() {
 #[test]
 fn a_node_without_credentials_refuses_clients_from_other_addresses() {
     // Bound to every address, so the test can also connect from its non-loopback address.
-    let api = common::free_port();
-    let gossip = common::free_port();
-    let node = common::Proc::start(
-        "open",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--api-listen".into(),
-            format!("0.0.0.0:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-        ],
-    );
+    let (node, api) = common::Proc::on_every_address("open", None);
     let line = wait_for_log(&node, WAIT, &["no credentials configured"]);
     assert!(line.contains("WARN"), "{line}");
     let base = format!("http://127.0.0.1:{api}");

@@ -50,20 +50,7 @@ fn the_0_2_1_client_registers_in_compatibility_mode_and_is_refused_the_rest() {
         ),
     )
     .unwrap();
-    let (api, gossip) = (common::free_port(), common::free_port());
-    let node = common::Proc::start(
-        "compat",
-        api,
-        ([127, 0, 0, 1], gossip).into(),
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--api-listen".into(),
-            format!("0.0.0.0:{api}"),
-            "--gossip-listen".into(),
-            format!("127.0.0.1:{gossip}"),
-        ],
-    );
+    let (node, api) = common::Proc::on_every_address("compat", Some(&config));
     run_script("compat-mode.js", own, &api.to_string());
     let regs = Http::with_token(&tokens.read).get(&node.url("/registrations"));
     let ids: Vec<&str> = regs

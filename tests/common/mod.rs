@@ -281,6 +281,25 @@ impl Proc {
         Self::start(node_id, api, ([127, 0, 0, 1], gossip).into(), args)
     }
 
+    /// Starts a lone node with `config` whose API listens on every address (so clients in the
+    /// test's network namespaces reach it from their own), gossip on loopback; returns it and
+    /// its API port.
+    #[allow(dead_code)]
+    pub fn on_every_address(node_id: &str, config: Option<&Path>) -> (Proc, u16) {
+        let (api, gossip) = (free_port(), free_port());
+        let mut args: Vec<String> = config
+            .map(|c| vec!["--config".into(), c.display().to_string()])
+            .unwrap_or_default();
+        args.extend([
+            "--api-listen".into(),
+            format!("0.0.0.0:{api}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{gossip}"),
+        ]);
+        let p = Self::start(node_id, api, ([127, 0, 0, 1], gossip).into(), args);
+        (p, api)
+    }
+
     /// Starts `bender agent` with `args`, its API at `api` (a base URL), without waiting.
     pub fn spawn(node_id: &str, api: String, gossip: SocketAddr, args: Vec<String>) -> Proc {
         Self::spawn_with_env(node_id, api, gossip, args, &[])
