@@ -63,61 +63,91 @@ pub(super) struct SnapshotState {
     saved_at: Option<tokio::time::Instant>,
 }
 
-/// Writes the entity records and this node's live leases to the data dir when they changed (a
-/// lease coming or going, an entity written), and at least every `SNAPSHOT_REFRESH`, so that
-/// deadlines and its age stay roughly current. Renewals alone do not force a write.
-pub(super) fn save_snapshot(inner: &Inner, last: &mut SnapshotState) {
-    let Some(dir) = &inner.config.data_dir else {
-        return;
-    };
+/// A snapshot due to be written, and what it holds (for `SnapshotState::written`).
+pub(super) struct DueSnapshot {
+    pub dir: std::path::PathBuf,
+    pub snapshot: snapshot::Snapshot,
+    digest: u64,
+}
+
+impl SnapshotState {
+    pub fn written(&mut self, due: &DueSnapshot) {
+        self.digest = Some(due.digest);
+        self.saved_at = Some(tokio::time::Instant::now());
+    }
+}
+
+/// The snapshot to write, if one is due: the entity records and this node's live leases, when
+/// they changed (a lease of ours coming or going, an entity written) or the last one is older
+/// than `SNAPSHOT_REFRESH` (so deadlines and its age stay roughly current). Renewals alone
+/// change nothing. Deciding costs a pass over our own keys; records are encoded only when due.
+pub(super) fn snapshot_due(inner: &Inner, last: &SnapshotState) -> Option<DueSnapshot> {
+    let dir = inner.config.data_dir.as_ref()?;
     let now = inner.hlc.now_ms();
-    let (records, digest) = {
-        let local = inner.local.lock().expect("local lock");
-        let r = &local.registry;
-        let mut out: Vec<(String, String)> = Vec::new();
-        let mut digest = 0u64;
-        let mut fold = |k: &str, v: &str| {
-            digest = digest.rotate_left(7)
-                ^ registry::digest(k.as_bytes())
-                ^ registry::digest(v.as_bytes());
-        };
-        for (n, slot) in &r.backends {
-            let k = registry::backend_key(n);
-            fold(&k, &slot.encoded);
-            out.push((k, slot.encoded.to_string()));
-        }
-        for (n, slot) in &r.frontends {
-            let k = registry::frontend_key(n);
-            fold(&k, &slot.encoded);
-            out.push((k, slot.encoded.to_string()));
-        }
-        for (k, slot) in &r.leases {
-            let key = registry::lease_key(k);
-            if slot.reg.val.is_live(now) && local.own.contains_key(&key) {
-                // The set of leases (not their deadlines) decides whether this is a change.
-                fold(&key, "");
-                out.push(registry::encode_lease(k, &slot.reg.val));
-            }
-        }
-        (out, digest)
+    let local = inner.local.lock().expect("local lock");
+    let r = &local.registry;
+    let mut digest = 0u64;
+    let mut fold = |k: &str, v: &str| {
+        digest =
+            digest.rotate_left(7) ^ registry::digest(k.as_bytes()) ^ registry::digest(v.as_bytes());
     };
+    for (n, slot) in &r.backends {
+        fold(n, &slot.encoded);
+    }
+    for (n, slot) in &r.frontends {
+        fold(n, &slot.encoded);
+    }
+    // The set of our lease keys (not their deadlines) decides whether this is a change.
+    for key in local
+        .own
+        .keys()
+        .filter(|k| k.starts_with(registry::LEASE_PREFIX))
+    {
+        fold(key, "");
+    }
     let changed = last.digest != Some(digest);
     let stale = last
         .saved_at
         .is_none_or(|t| t.elapsed() >= SNAPSHOT_REFRESH);
     if !changed && !stale {
-        return;
+        return None;
     }
-    let snap = snapshot::Snapshot {
-        saved_at_ms: Some(now),
-        records,
-    };
-    match snapshot::save(dir, &snap) {
-        Ok(()) => {
-            last.digest = Some(digest);
-            last.saved_at = Some(tokio::time::Instant::now());
-            debug!(records = snap.records.len(), "snapshot saved");
+    let mut records: Vec<(String, String)> = Vec::new();
+    for (n, slot) in &r.backends {
+        records.push((registry::backend_key(n), slot.encoded.to_string()));
+    }
+    for (n, slot) in &r.frontends {
+        records.push((registry::frontend_key(n), slot.encoded.to_string()));
+    }
+    for (k, slot) in &r.leases {
+        if !slot.reg.val.is_live(now) {
+            continue;
         }
-        Err(e) => warn!(error = %e, "could not save snapshot"),
+        let (key, value) = registry::encode_lease(k, &slot.reg.val);
+        if local.own.contains_key(&key) {
+            records.push((key, value));
+        }
+    }
+    Some(DueSnapshot {
+        dir: dir.clone(),
+        snapshot: snapshot::Snapshot {
+            saved_at_ms: Some(now),
+            records,
+        },
+        digest,
+    })
+}
+
+/// Writes a due snapshot (blocking: call it off the async threads), logging the outcome.
+pub(super) fn write_snapshot(due: &DueSnapshot) -> bool {
+    match snapshot::save(&due.dir, &due.snapshot) {
+        Ok(()) => {
+            debug!(records = due.snapshot.records.len(), "snapshot saved");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "could not save snapshot");
+            false
+        }
     }
 }

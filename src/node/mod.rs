@@ -333,7 +333,9 @@ impl Node {
         for t in tasks {
             let _ = t.await;
         }
-        maintain::save_snapshot(&self.inner, &mut maintain::SnapshotState::default());
+        if let Some(due) = maintain::snapshot_due(&self.inner, &Default::default()) {
+            maintain::write_snapshot(&due);
+        }
         let _ = self.inner.handle.initiate_shutdown();
         let _ = self.inner.handle.termination_watcher().await;
         info!(node_id = %self.inner.config.node_id, "node stopped");
@@ -546,12 +548,9 @@ async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Pe
             *e = id;
         }
     }
+    let known: HashSet<(String, u64)> = cc.node_states().keys().map(peer_key).collect();
     let mut clock_keys = inner.clock_keys.lock().expect("clock keys lock");
-    clock_keys.retain(|(node, generation), _| {
-        cc.node_states()
-            .keys()
-            .any(|id| *id.node_id == **node && id.generation_id == *generation)
-    });
+    clock_keys.retain(|k, _| known.contains(k));
     let peers: Vec<registry::ready::Peer> = cc
         .node_states()
         .keys()

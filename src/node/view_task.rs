@@ -91,7 +91,17 @@ pub(super) async fn run(
                 // Test hook: FAILPOINTS=node.maintenance=panic kills this task.
                 fail::fail_point!("node.maintenance");
                 maintain::run(&inner).await;
-                maintain::save_snapshot(&inner, &mut snapshot);
+                // The write (an fsync of up to a few MB) runs off the async threads.
+                if let Some(due) = maintain::snapshot_due(&inner, &snapshot) {
+                    let written = tokio::task::spawn_blocking(move || {
+                        let ok = maintain::write_snapshot(&due);
+                        (ok, due)
+                    })
+                    .await;
+                    if let Ok((true, due)) = written {
+                        snapshot.written(&due);
+                    }
+                }
                 recompute = true;
             }
             _ = stop.wait() => return,
@@ -242,7 +252,6 @@ fn log_event(event: &Event) {
 /// arrived. Returns whether any record may have changed the view.
 fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
     let now = inner.hlc.now_ms();
-    let max_drift_ms = inner.config.max_clock_drift.as_millis() as u64;
     let mut changed = false;
     let mut local = inner.local.lock().expect("local lock");
     for Received {
@@ -271,7 +280,8 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                     continue;
                 }
             };
-            if let Err(e) = crate::hlc::check_drift(record.stamp(), now, max_drift_ms) {
+            // The HLC refuses (and does not move for) a stamp beyond the drift bound.
+            if let Err(e) = inner.hlc.observe(record.stamp()) {
                 let n = inner
                     .counters
                     .stamps_refused
@@ -282,7 +292,6 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                 }
                 continue;
             }
-            let _ = inner.hlc.observe(record.stamp());
             changed |= join_one(&mut local.registry, record, &value, now);
         } else if key == KEY_CLOCK {
             let mut clock_keys = inner.clock_keys.lock().expect("clock keys lock");
