@@ -112,22 +112,7 @@ pub(super) fn snapshot_due(inner: &Inner, last: &SnapshotState) -> Option<DueSna
     if !changed && !stale {
         return None;
     }
-    let mut records: Vec<(String, String)> = Vec::new();
-    for (n, slot) in &r.backends {
-        records.push((registry::backend_key(n), slot.encoded.to_string()));
-    }
-    for (n, slot) in &r.frontends {
-        records.push((registry::frontend_key(n), slot.encoded.to_string()));
-    }
-    for (k, slot) in &r.leases {
-        if !slot.reg.val.is_live(now) {
-            continue;
-        }
-        let (key, value) = registry::encode_lease(k, &slot.reg.val);
-        if local.own.contains_key(&key) {
-            records.push((key, value));
-        }
-    }
+    let records = registry::restore::snapshot_records(r, &local.own, now);
     Some(DueSnapshot {
         dir: dir.clone(),
         snapshot: snapshot::Snapshot {

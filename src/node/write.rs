@@ -70,23 +70,18 @@ impl Node {
         // The chitchat lock is taken first and the registry lock inside it, everywhere, so
         // that the registry never lags what peers can already see.
         let mut cc = self.inner.chitchat.lock().await;
-        let changes_view = {
-            let mut local = self.inner.local.lock().expect("local lock");
-            admit(&local.registry)?;
-            let stamp = self.inner.hlc.stamp();
-            let now = self.inner.hlc.now_ms();
-            let record = build(stamp, now);
-            let (key, value) = registry::encode(&record);
-            let marker = marker_of(&record, &value);
-            let changes = local.registry.changes_view(&record, now);
-            local.registry.insert(record.clone(), &value);
-            cc.self_node_state().set(key.clone(), value);
-            local.own.insert(key, marker);
-            drop(local);
-            drop(cc);
-            (changes, record)
-        };
-        let (changes, record) = changes_view;
+        let mut local = self.inner.local.lock().expect("local lock");
+        admit(&local.registry)?;
+        let now = self.inner.hlc.now_ms();
+        let record = build(self.inner.hlc.stamp(), now);
+        let (key, value) = registry::encode(&record);
+        let marker = marker_of(&record, &value);
+        let changes = local.registry.changes_view(&record, now);
+        local.registry.insert(record.clone(), &value);
+        cc.self_node_state().set(key.clone(), value);
+        local.own.insert(key, marker);
+        drop(local);
+        drop(cc);
         if changes {
             self.inner.dirty.notify_one();
         }

@@ -41,6 +41,32 @@ pub struct Restored {
     pub max_stamp: Option<Stamp>,
 }
 
+/// What a node's snapshot holds: every entity version (tombstones too, as written) and the
+/// live leases of its own keyspace (`own`: gossip key to marker).
+pub fn snapshot_records(
+    registry: &super::Registry,
+    own: &std::collections::BTreeMap<String, super::Marker>,
+    now_ms: u64,
+) -> Vec<(String, String)> {
+    let mut records: Vec<(String, String)> = Vec::new();
+    for (n, slot) in &registry.backends {
+        records.push((super::backend_key(n), slot.encoded.to_string()));
+    }
+    for (n, slot) in &registry.frontends {
+        records.push((super::frontend_key(n), slot.encoded.to_string()));
+    }
+    for (k, slot) in &registry.leases {
+        if !slot.reg.val.is_live(now_ms) {
+            continue;
+        }
+        let (key, value) = super::encode_lease(k, &slot.reg.val);
+        if own.contains_key(&key) {
+            records.push((key, value));
+        }
+    }
+    records
+}
+
 /// What to do with quarantined entities now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quarantine {

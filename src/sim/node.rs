@@ -215,18 +215,8 @@ impl SimNode {
 
     fn save_snapshot(&mut self) {
         let now = self.now();
-        let r = &self.registry;
-        let mut out = Vec::new();
-        for (n, s) in &r.backends {
-            out.push((registry::backend_key(n), s.encoded.to_string()));
-        }
-        for (k, s) in &r.leases {
-            let key = registry::lease_key(k);
-            if s.reg.val.is_live(now) && self.own.contains_key(&key) {
-                out.push(registry::encode_lease(k, &s.reg.val));
-            }
-        }
-        self.disk = Some((now, out));
+        let records = restore::snapshot_records(&self.registry, &self.own, now);
+        self.disk = Some((now, records));
     }
 
     /// A crash: memory is gone, the last snapshot stays on disk.
