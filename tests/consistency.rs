@@ -441,7 +441,8 @@ async fn nodes_on_one_clock_never_warn_about_each_other_during_a_write_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_whose_hand_over_queue_overflows_rereads_and_misses_nothing() {
     // More keys than the callback's queue holds (16,384) arrive while the joining node's view
-    // task is stalled (a failpoint named after the node, whose id no other test uses).
+    // task is stalled until the queue overflows (a failpoint named after the node, whose id no
+    // other test uses).
     const LEASES: u16 = 18_000;
     let extra = "warmup = \"60s\"\n[limits]\nmax_registrations = 40000\nmax_registrations_per_app = 40000\n";
     let every = Duration::from_millis(50);
@@ -453,7 +454,7 @@ async fn a_joining_node_whose_hand_over_queue_overflows_rereads_and_misses_nothi
             .await
             .unwrap();
     }
-    fail::cfg("node.view.stall.n7", "1*sleep(3000)").unwrap();
+    fail::cfg("node.view.stall.n7", "1*return").unwrap();
     let a = start_node(&t, &clock, config_with_peers(7, &[8], extra, None, every)).await;
     wait_for("the joining node has every lease", || {
         a.registrations(Some("web"), None, None).len() == LEASES as usize

@@ -45,9 +45,16 @@ pub(super) async fn run(
     let mut batch = Vec::new();
     let has_peers = has_peers(&inner.config);
     join_remote(&inner, first.into_iter());
-    // Test hook: FAILPOINTS-style `node.view.stall.<node id>=1*sleep(ms)` stalls this task once
-    // (the overflow test lets chitchat deliver more than the hand-over queue holds meanwhile).
-    fail::eval(&format!("node.view.stall.{}", inner.config.node_id), |_| ());
+    // Test hook: `node.view.stall.<node id>=1*return` stalls this task once, until the
+    // hand-over queue has overflowed (at most 30 s): the overflow test's way to let chitchat
+    // deliver more than the queue holds before anything is taken out.
+    fail::eval(&format!("node.view.stall.{}", inner.config.node_id), |_| {
+        let start = std::time::Instant::now();
+        while !inner.overflowed.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
     // When the view next changes on its own (a deadline passing). Computed with each view:
     // without a recompute deadlines only move later (renewals), so waking at this one is at
     // worst early, never late; an earlier deadline always comes with a recompute.
