@@ -103,13 +103,13 @@ fi
 ok "rpm, curl, objcopy, haproxy, cargo-deb and cargo-generate-rpm present"
 
 # --- Build ---------------------------------------------------------------------------------------
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | sed -n 1p)
 if [ "${BENDER_SKIP_BUILD:-}" != 1 ]; then
     step "build (packaging/build.sh)"
     packaging/build.sh
 fi
-deb=$(ls target/packages/bender_"$version"-*_*.deb 2>/dev/null | head -n1)
-rpmf=$(ls target/packages/bender-"$version"-*.rpm 2>/dev/null | head -n1)
+deb=$(ls target/packages/bender_"$version"-*_*.deb 2>/dev/null | sed -n 1p)
+rpmf=$(ls target/packages/bender-"$version"-*.rpm 2>/dev/null | sed -n 1p)
 [ -n "$deb" ] && [ -f "$deb" ] || fail "no target/packages/bender_$version-*.deb"
 [ -n "$rpmf" ] && [ -f "$rpmf" ] || fail "no target/packages/bender-$version-*.rpm"
 ok "built $deb ($(du -h "$deb" | cut -f1)) and $rpmf ($(du -h "$rpmf" | cut -f1))"
