@@ -18,20 +18,34 @@ use tracing::warn;
 /// UDP gossip that drops datagrams from senders outside `allow` (empty: allow all).
 pub struct AllowListTransport {
     allow: Arc<Vec<IpNet>>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<TransportCounters>,
+}
+
+/// What the transport sent, received and dropped (for metrics; the gossip cost benchmarks
+/// read them too).
+#[derive(Debug, Default)]
+pub struct TransportCounters {
+    /// Datagrams dropped because their sender was not allowed.
+    pub dropped: AtomicU64,
+    /// Datagrams sent, and their bytes (chitchat's encoding, without UDP/IP headers).
+    pub sent_datagrams: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    /// Datagrams received from allowed senders, and their bytes.
+    pub received_datagrams: AtomicU64,
+    pub received_bytes: AtomicU64,
 }
 
 impl AllowListTransport {
     pub fn new(allow: Vec<IpNet>) -> Self {
         AllowListTransport {
             allow: Arc::new(allow),
-            dropped: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
         }
     }
 
-    /// Datagrams dropped so far because their sender was not allowed.
-    pub fn dropped(&self) -> Arc<AtomicU64> {
-        self.dropped.clone()
+    /// The counters of every socket this transport opens.
+    pub fn counters(&self) -> Arc<TransportCounters> {
+        self.counters.clone()
     }
 }
 
@@ -47,7 +61,7 @@ impl Transport for AllowListTransport {
         Ok(Box::new(AllowListSocket {
             inner,
             allow: self.allow.clone(),
-            dropped: self.dropped.clone(),
+            counters: self.counters.clone(),
         }))
     }
 }
@@ -55,7 +69,7 @@ impl Transport for AllowListTransport {
 struct AllowListSocket {
     inner: Box<dyn Socket>,
     allow: Arc<Vec<IpNet>>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<TransportCounters>,
 }
 
 #[async_trait]
@@ -69,17 +83,26 @@ impl Socket for AllowListSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        self.inner.send(to, envelope).await
+        let outcome = self.inner.send(to, envelope).await?;
+        let c = &self.counters;
+        c.sent_datagrams.fetch_add(1, Ordering::Relaxed);
+        c.sent_bytes
+            .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
+        Ok(outcome)
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             let outcome = self.inner.recv().await?;
             if allowed(&self.allow, &outcome.from_addr) {
+                let c = &self.counters;
+                c.received_datagrams.fetch_add(1, Ordering::Relaxed);
+                c.received_bytes
+                    .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
                 return Ok(outcome);
             }
             // Log the first drop and then every 1,000th, so a flood cannot flood the log too.
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 warn!(from = %outcome.from_addr, dropped = n + 1, "dropped gossip from a sender outside gossip_allow");
             }

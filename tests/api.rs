@@ -396,6 +396,8 @@ fn metrics_are_valid_prometheus_text_and_count_what_happened() {
         Some(1.0)
     );
     assert_eq!(sample(&s, "bender_gossip_dropped_total", &[]), Some(0.0));
+    // A lone node gossips with nobody.
+    assert_eq!(sample(&s, "bender_gossip_sent_bytes_total", &[]), Some(0.0));
     assert_eq!(
         sample(
             &s,

@@ -15,7 +15,7 @@ use crate::shutdown::Shutdown;
 /// Metrics that other stages keep: read at scrape time.
 pub(super) fn register_collectors(
     metrics: &Metrics,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    gossip: Arc<crate::transport::TransportCounters>,
     node: Node,
     render: SharedRender,
 ) {
@@ -39,12 +39,38 @@ pub(super) fn register_collectors(
         result: &'static str,
     }
 
-    counter(
-        metrics,
-        "gossip_dropped",
-        "Gossip datagrams dropped because the sender is outside gossip_allow",
-        move || dropped.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    type Read = fn(&crate::transport::TransportCounters) -> &std::sync::atomic::AtomicU64;
+    let gossip_counters: [(&str, &str, Read); 5] = [
+        (
+            "gossip_dropped",
+            "Gossip datagrams dropped because the sender is outside gossip_allow",
+            |c| &c.dropped,
+        ),
+        ("gossip_sent_datagrams", "Gossip datagrams sent", |c| {
+            &c.sent_datagrams
+        }),
+        (
+            "gossip_sent_bytes",
+            "Bytes of gossip sent (UDP payload)",
+            |c| &c.sent_bytes,
+        ),
+        (
+            "gossip_received_datagrams",
+            "Gossip datagrams received from allowed senders",
+            |c| &c.received_datagrams,
+        ),
+        (
+            "gossip_received_bytes",
+            "Bytes of gossip received from allowed senders (UDP payload)",
+            |c| &c.received_bytes,
+        ),
+    ];
+    for (name, help, read) in gossip_counters {
+        let g = gossip.clone();
+        counter(metrics, name, help, move || {
+            read(&g).load(std::sync::atomic::Ordering::Relaxed)
+        });
+    }
     let n = node.clone();
     metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
         let mut m = enc.encode_descriptor(

@@ -92,7 +92,7 @@ pub async fn run_with_reload(
         })?;
     let bound = listener.local_addr().unwrap_or(api_addr);
     let transport = crate::transport::AllowListTransport::new(config.gossip_allow.clone());
-    let dropped = transport.dropped();
+    let gossip_counters = transport.counters();
     let running_config = config.clone();
     let node = Node::start(config, Arc::new(SystemClock), &transport).await?;
     let failures = node.failures().clone();
@@ -117,7 +117,7 @@ pub async fn run_with_reload(
     start_render(&render, &running_config, &node, &shutdown);
 
     let metrics = Arc::new(Metrics::new());
-    collectors::register_collectors(&metrics, dropped, node.clone(), render.clone());
+    collectors::register_collectors(&metrics, gossip_counters, node.clone(), render.clone());
     let feeder = supervise::spawn(
         "metrics",
         &failures,
