@@ -52,23 +52,39 @@ impl Reference {
     }
 
     /// Node `crashed` is going down: writes no other running node holds are lost. (A node
-    /// whose clock is far off holds what it likes, but no one takes its records: it keeps
-    /// nothing for the others.)
+    /// whose clock is far off holds what it likes, and no one takes the records it stamps;
+    /// but it relays the copies of other nodes' keyspaces it holds, and a write in one of
+    /// those is kept.)
     pub fn on_crash(
         &mut self,
         sim_nodes: &[super::node::SimNode],
         crashed: usize,
         bad: Option<usize>,
     ) {
+        let bad_name = bad.map(|b| sim_nodes[b].name.as_str());
         for (key, acks) in &mut self.writes {
             for ack in acks.iter_mut().filter(|a| !a.lost) {
-                let kept = sim_nodes
-                    .iter()
-                    .filter(|n| n.up && n.index != crashed && Some(n.index) != bad)
-                    .any(|n| winner(&n.registry, key).is_some_and(|w| w >= ack.stamp));
+                let others = || sim_nodes.iter().filter(|n| n.up && n.index != crashed);
+                let kept = others()
+                    .filter(|n| Some(n.index) != bad)
+                    .any(|n| winner(&n.registry, key).is_some_and(|w| w >= ack.stamp))
+                    || others().any(|n| relays(n, key, &ack.stamp, bad_name));
                 if !kept {
                     ack.lost = true;
                 }
+            }
+        }
+    }
+
+    /// Node `n` restarted: a write taken for lost that its snapshot gave back is not lost
+    /// (it deletes or outranks what it did before, and its tombstone is forgotten like any).
+    pub fn on_restart(&mut self, n: &super::node::SimNode) {
+        for (key, acks) in &mut self.writes {
+            let Some(w) = winner(&n.registry, key) else {
+                continue;
+            };
+            for ack in acks.iter_mut().filter(|a| a.lost && a.stamp == w) {
+                ack.lost = false;
             }
         }
     }
@@ -81,6 +97,17 @@ impl Reference {
             .filter(|a| !a.lost)
             .max_by(|a, b| a.stamp.cmp(&b.stamp))
     }
+}
+
+/// Whether `n` holds, in its copy of some other node's keyspace, a record of `key` stamped
+/// `stamp` or later, by a node other than `bad` (it passes it on when it gossips, and the
+/// others take it).
+fn relays(n: &super::node::SimNode, key: &str, stamp: &Stamp, bad: Option<&str>) -> bool {
+    n.copies.values().any(|c| {
+        matches!(c.space.keys.get(key), Some((_, Some(v)))
+            if crate::registry::decode(key, v)
+                .is_ok_and(|r| r.stamp() >= stamp && Some(r.stamp().node()) != bad))
+    })
 }
 
 /// The stamp of the record a registry holds for a gossip key.

@@ -249,8 +249,13 @@ pub fn apply(sim: &mut Sim, op: &Op) -> Result<(), String> {
         Op::Crash { node } => crash(sim, node),
         Op::Restart { node, snapshot } => {
             if !sim.nodes[node].up {
+                // A restart takes time: at least a millisecond passes (otherwise the new
+                // process, whose clock has not moved, could stamp a write exactly like one the
+                // old process made after its last snapshot).
+                sim.advance(1);
                 let t = sim.true_ms;
                 sim.nodes[node].restart(t, snapshot, &BOUNDS);
+                sim.reference.on_restart(&sim.nodes[node]);
             }
         }
         Op::LongOutage { node } => {
@@ -265,6 +270,7 @@ pub fn apply(sim: &mut Sim, op: &Op) -> Result<(), String> {
                 sim.quiesce();
                 let t = sim.true_ms;
                 sim.nodes[node].restart(t, true, &BOUNDS);
+                sim.reference.on_restart(&sim.nodes[node]);
             }
         }
         Op::ClusterOutage { long } => {
@@ -324,6 +330,7 @@ fn cluster_outage(sim: &mut Sim, long: bool) -> Result<(), String> {
     let t = sim.true_ms;
     for n in &mut sim.nodes {
         n.restart(t, true, &BOUNDS);
+        sim.reference.on_restart(n);
     }
     for _ in 0..8 {
         sim.quiesce();
