@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::model::{Backend, Frontend, RegKey};
-use crate::registry::View;
+use crate::registry::{View, ViewChanges};
 
 /// One change a node observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,6 +67,34 @@ pub fn diff(old: &View, new: &View) -> Vec<Event> {
             });
         }
     }
+    out.extend(entity_diff(old, new));
+    out
+}
+
+/// The events of one [`Registry::update_view`] from `old` to `new`: the same as `diff(old,
+/// new)`, at the cost of what changed.
+///
+/// [`Registry::update_view`]: crate::registry::Registry::update_view
+pub fn of_changes(changes: &ViewChanges, old: &View, new: &View) -> Vec<Event> {
+    let mut out: Vec<Event> = changes
+        .offline
+        .iter()
+        .map(|r| Event::Offline {
+            registration: r.key.clone(),
+        })
+        .chain(changes.online.iter().map(|k| Event::Online {
+            registration: k.clone(),
+        }))
+        .collect();
+    if changes.entities {
+        out.extend(entity_diff(old, new));
+    }
+    out
+}
+
+/// Backends and frontends deleted or updated from `old` to `new`.
+fn entity_diff(old: &View, new: &View) -> Vec<Event> {
+    let mut out = Vec::new();
     for name in old.backends.keys() {
         if !new.backends.contains_key(name) {
             out.push(Event::BackendDeleted { name: name.clone() });

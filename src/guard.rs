@@ -133,6 +133,44 @@ struct Held {
     until_ms: Option<u64>,
 }
 
+/// The live registrations, as the guard asks about them.
+pub trait LiveSet {
+    fn contains_key(&self, k: &RegKey) -> bool;
+    /// How many live registrations `app@version` has.
+    fn count_of(&self, app: &str, version: &str) -> usize;
+}
+
+fn first_of(app: &str, version: &str) -> RegKey {
+    RegKey {
+        app: app.to_string(),
+        version: version.to_string(),
+        host: String::new(),
+        port: 0,
+    }
+}
+
+impl LiveSet for imbl::OrdMap<RegKey, LiveRegistration> {
+    fn contains_key(&self, k: &RegKey) -> bool {
+        imbl::OrdMap::contains_key(self, k)
+    }
+    fn count_of(&self, app: &str, version: &str) -> usize {
+        self.range(first_of(app, version)..)
+            .take_while(|(k, _)| k.app == app && k.version == version)
+            .count()
+    }
+}
+
+impl LiveSet for BTreeMap<RegKey, LiveRegistration> {
+    fn contains_key(&self, k: &RegKey) -> bool {
+        BTreeMap::contains_key(self, k)
+    }
+    fn count_of(&self, app: &str, version: &str) -> usize {
+        self.range(first_of(app, version)..)
+            .take_while(|(k, _)| k.app == app && k.version == version)
+            .count()
+    }
+}
+
 /// The guard's state between steps.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Guard {
@@ -187,13 +225,14 @@ impl Guard {
         self.held.values().filter_map(|h| h.until_ms).min()
     }
 
-    /// One step: `prev` is what the registry had live before (what was held before, the guard
-    /// knows), `live` what it has live now; `deregistered` tells an explicit deregistration
-    /// from an expiry.
+    /// One step: `removed` is what stopped being live in the registry since the last step
+    /// (what was held before, the guard knows), `live` what it has live now; `deregistered`
+    /// tells an explicit deregistration from an expiry. Costs what was removed and what is
+    /// held, not the size of `live`.
     pub fn step(
         &mut self,
-        prev: &BTreeMap<RegKey, LiveRegistration>,
-        live: &BTreeMap<RegKey, LiveRegistration>,
+        removed: &[LiveRegistration],
+        live: &impl LiveSet,
         deregistered: &dyn Fn(&RegKey) -> bool,
         isolated: bool,
         now_ms: u64,
@@ -227,12 +266,13 @@ impl Guard {
         }
         self.was_isolated = isolated;
         // What just expired (served before, not live now, not deregistered, not yet held).
-        let expired: Vec<&LiveRegistration> = prev
+        let expired: Vec<&LiveRegistration> = removed
             .iter()
-            .filter(|(k, _)| {
-                !live.contains_key(*k) && !deregistered(k) && !self.held.contains_key(*k)
+            .filter(|r| {
+                !live.contains_key(&r.key)
+                    && !deregistered(&r.key)
+                    && !self.held.contains_key(&r.key)
             })
-            .map(|(_, r)| r)
             .collect();
         for r in &expired {
             self.expiries.push_back((now_ms, (*r).clone()));
@@ -257,20 +297,26 @@ impl Guard {
                 }
             }
         }
+        // Per app@version among what expired: recent expiries, and servers still live.
+        let mut counts: BTreeMap<(&str, &str), (usize, usize)> = BTreeMap::new();
+        if !isolated {
+            for r in &expired {
+                counts.insert((&r.key.app, &r.key.version), (0, 0));
+            }
+            for (_, e) in &self.expiries {
+                if let Some(c) = counts.get_mut(&(e.key.app.as_str(), e.key.version.as_str())) {
+                    c.0 += 1;
+                }
+            }
+            for ((app, version), c) in counts.iter_mut() {
+                c.1 = live.count_of(app, version);
+            }
+        }
         for r in expired {
             let why = if isolated {
                 Some(Why::Isolated)
             } else {
-                let (app, version) = (&r.key.app, &r.key.version);
-                let recent = self
-                    .expiries
-                    .iter()
-                    .filter(|(_, e)| &e.key.app == app && &e.key.version == version)
-                    .count();
-                let remaining = live
-                    .keys()
-                    .filter(|k| &k.app == app && &k.version == version)
-                    .count();
+                let (recent, remaining) = counts[&(r.key.app.as_str(), r.key.version.as_str())];
                 let total = recent + remaining;
                 (recent >= cfg.mass_expiry_min
                     && recent as f64 / total as f64 > cfg.mass_expiry_share)
@@ -343,25 +389,46 @@ mod tests {
 
     const NONE: &dyn Fn(&RegKey) -> bool = &|_| false;
 
+    impl Guard {
+        /// A step from the live set `prev` to `live` (what the view task passes is the
+        /// difference, which it gets from the registry).
+        fn step_from(
+            &mut self,
+            prev: &BTreeMap<RegKey, LiveRegistration>,
+            live: &BTreeMap<RegKey, LiveRegistration>,
+            deregistered: &dyn Fn(&RegKey) -> bool,
+            isolated: bool,
+            now_ms: u64,
+            cfg: &GuardConfig,
+        ) -> Step {
+            let removed: Vec<LiveRegistration> = prev
+                .values()
+                .filter(|r| !live.contains_key(&r.key))
+                .cloned()
+                .collect();
+            self.step(&removed, live, deregistered, isolated, now_ms, cfg)
+        }
+    }
+
     #[test]
     fn an_isolated_node_holds_every_expiry_until_contact_returns_and_then_settle() {
         let cfg = GuardConfig::default();
         let mut g = Guard::new();
         let all = set(&[reg("web", 1), reg("web", 2), reg("api", 1)]);
-        let s = g.step(&all, &BTreeMap::new(), NONE, true, 10_000, &cfg);
+        let s = g.step_from(&all, &BTreeMap::new(), NONE, true, 10_000, &cfg);
         assert_eq!(s.held, all);
         assert!(s.degraded[0].starts_with("isolated"), "{:?}", s.degraded);
         // Still isolated an hour later: still held.
-        let s = g.step(&all, &BTreeMap::new(), NONE, true, 3_610_000, &cfg);
+        let s = g.step_from(&all, &BTreeMap::new(), NONE, true, 3_610_000, &cfg);
         assert_eq!(s.held.len(), 3);
         // Contact returns; web:1 renews at once; the others get `settle` to do so.
         let back = set(&[reg("web", 1)]);
-        let s = g.step(&all, &back, NONE, false, 3_611_000, &cfg);
+        let s = g.step_from(&all, &back, NONE, false, 3_611_000, &cfg);
         assert_eq!(
             s.held.keys().map(|k| k.port).collect::<Vec<_>>(),
             vec![1, 2]
         );
-        let s = g.step(&all, &back, NONE, false, 3_611_000 + 8_001, &cfg);
+        let s = g.step_from(&all, &back, NONE, false, 3_611_000 + 8_001, &cfg);
         assert!(s.held.is_empty() && s.degraded.is_empty(), "{s:?}");
     }
 
@@ -372,19 +439,19 @@ mod tests {
         let four = set(&[reg("web", 1), reg("web", 2), reg("web", 3), reg("web", 4)]);
         // One of four expires: 25%, below the share: gone.
         let three = set(&[reg("web", 2), reg("web", 3), reg("web", 4)]);
-        let s = g.step(&four, &three, NONE, false, 1_000, &cfg);
+        let s = g.step_from(&four, &three, NONE, false, 1_000, &cfg);
         assert!(s.held.is_empty());
         // Two more within the window: 3 of 4 expired, more than half: held.
         let one = set(&[reg("web", 4)]);
-        let s = g.step(&three, &one, NONE, false, 2_000, &cfg);
+        let s = g.step_from(&three, &one, NONE, false, 2_000, &cfg);
         assert_eq!(s.held.len(), 2, "{s:?}");
         assert!(
             s.degraded[0].contains("many of their app's servers"),
             "{s:?}"
         );
-        let s = g.step(&one, &one, NONE, false, 61_000, &cfg);
+        let s = g.step_from(&one, &one, NONE, false, 61_000, &cfg);
         assert_eq!(s.held.len(), 2);
-        let s = g.step(&one, &one, NONE, false, 62_001, &cfg);
+        let s = g.step_from(&one, &one, NONE, false, 62_001, &cfg);
         assert!(s.held.is_empty(), "released after max_hold: {s:?}");
     }
 
@@ -394,10 +461,10 @@ mod tests {
         let mut g = Guard::new();
         g.start_with([reg("web", 1), reg("web", 2)], 0, &cfg);
         let renewed = set(&[reg("web", 1)]);
-        let s = g.step(&BTreeMap::new(), &renewed, NONE, false, 100, &cfg);
+        let s = g.step_from(&BTreeMap::new(), &renewed, NONE, false, 100, &cfg);
         assert_eq!(s.held.keys().map(|k| k.port).collect::<Vec<_>>(), vec![2]);
         assert!(g
-            .step(&renewed, &renewed, NONE, false, 8_001, &cfg)
+            .step_from(&renewed, &renewed, NONE, false, 8_001, &cfg)
             .held
             .is_empty());
     }
@@ -408,10 +475,10 @@ mod tests {
         let mut g = Guard::new();
         let two = set(&[reg("web", 1), reg("web", 2)]);
         // Both expire, the node not (yet) isolated: two is fewer than mass_expiry_min.
-        let s = g.step(&two, &BTreeMap::new(), NONE, false, 1_000, &cfg);
+        let s = g.step_from(&two, &BTreeMap::new(), NONE, false, 1_000, &cfg);
         assert!(s.held.is_empty(), "{s:?}");
         // The failure detector notices the isolation a moment later: they are taken back.
-        let s = g.step(&BTreeMap::new(), &BTreeMap::new(), NONE, true, 2_500, &cfg);
+        let s = g.step_from(&BTreeMap::new(), &BTreeMap::new(), NONE, true, 2_500, &cfg);
         assert_eq!(s.held, two);
     }
 
@@ -424,7 +491,7 @@ mod tests {
         let mut g = Guard::new();
         let all = set(&[reg("web", 1)]);
         assert!(g
-            .step(&all, &BTreeMap::new(), NONE, true, 0, &cfg)
+            .step_from(&all, &BTreeMap::new(), NONE, true, 0, &cfg)
             .held
             .is_empty());
     }
@@ -447,7 +514,7 @@ mod tests {
                 now += dt;
                 let live = set(&live_ports.iter().map(|p| reg("web", *p)).collect::<Vec<_>>());
                 let dereg = |k: &RegKey| dereg_ports.contains(&k.port) && !live_ports.contains(&k.port);
-                let s = g.step(&served, &live, &dereg, isolated, now, &cfg);
+                let s = g.step_from(&served, &live, &dereg, isolated, now, &cfg);
                 for k in s.held.keys() {
                     prop_assert!(!dereg(k), "a deregistration is held");
                     prop_assert!(!live.contains_key(k), "a live registration is held");

@@ -174,6 +174,14 @@ pub struct RegKey {
 }
 
 impl RegKey {
+    /// The least key of all (a bound for ranges).
+    pub const MIN: RegKey = RegKey {
+        app: String::new(),
+        version: String::new(),
+        host: String::new(),
+        port: 0,
+    };
+
     /// Builds a key from untrusted parts, validating each.
     pub fn new(app: &str, version: &str, host: &str, port: u16) -> Result<Self, Invalid> {
         validate_name("app", app)?;

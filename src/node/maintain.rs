@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use std::sync::atomic::Ordering;
 
 use super::{clock, Inner, Local, KEY_CLOCK};
-use crate::registry::{self, gc};
+use crate::registry::{self, gc, Record};
 use crate::snapshot;
 
 /// How often a node garbage-collects, adopts entities, snapshots and publishes its clock.
@@ -16,6 +16,10 @@ pub(super) const INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time the snapshot goes without being rewritten: after a crash it holds the leases of
 /// at most this long ago, and its age says when the node last ran (see `tombstone_ttl`).
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(10);
+
+/// Every this many rounds, garbage collection visits every lease (`gc::plan`) instead of only
+/// those that can be in the plan (`gc::plan_for`): a safety net that costs one pass a minute.
+const FULL_PLAN_EVERY: u64 = 60;
 
 /// One maintenance round.
 pub(super) async fn run(inner: &Inner) {
@@ -28,9 +32,25 @@ pub(super) async fn run(inner: &Inner) {
     // The clock is read once the locks are held: a peer's offset estimate must not include the
     // time this node waited for them (under a write burst, that was seconds).
     let now = inner.hlc.now_ms();
-    let Local { registry, own, .. } = &mut *local;
-    let plan = gc::plan(own, registry, now, cfg);
+    let round = inner.counters.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     let state = cc.self_node_state();
+    write_due(state, &mut local, now);
+    let Local {
+        registry,
+        own,
+        outranked,
+        own_lease_set_version,
+        ..
+    } = &mut *local;
+    let plan = if round % FULL_PLAN_EVERY == 0 {
+        gc::plan(own, registry, now, cfg)
+    } else {
+        gc::plan_for(own, registry, now, cfg, outranked)
+    };
+    outranked.clear();
+    if !plan.delete.is_empty() {
+        *own_lease_set_version += 1;
+    }
     for key in &plan.delete {
         state.delete(key);
     }
@@ -38,7 +58,6 @@ pub(super) async fn run(inner: &Inner) {
         state.set(key.clone(), value.to_string());
     }
     plan.apply(registry, own);
-    let round = inner.counters.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     let warn_ms = inner.config.clock_offset_warn.as_millis() as i64;
     let bounds = inner.clocks.lock().expect("clock lock").published(warn_ms);
     state.set(KEY_CLOCK, clock::encode(now, round, &bounds));
@@ -54,6 +73,34 @@ pub(super) async fn run(inner: &Inner) {
             "maintenance"
         );
     }
+}
+
+/// Writes the deferred renewals due by `now_ms` into the keyspace and the registry, unless a
+/// newer record of the lease arrived meanwhile (then the deferred one could never win).
+fn write_due(state: &mut chitchat::NodeState, local: &mut Local, now_ms: u64) {
+    for (key, record, value) in local.deferred.take_due(now_ms) {
+        let Record::Lease(k, _) = &record else {
+            continue;
+        };
+        let current = local.registry.leases.get(k).map(|s| &s.reg.marker);
+        if current.is_none() || current != local.own.get(&key) {
+            continue;
+        }
+        let marker = super::write::marker_of(&record, &value);
+        local.registry.insert(record, &value);
+        state.set(key.clone(), value);
+        local.own.insert(key, marker);
+    }
+}
+
+/// Writes every deferred renewal due by `now_ms` now (at stop: all of them) and gossips them.
+pub(super) async fn flush_deferred(inner: &Inner, now_ms: u64) {
+    let mut cc = inner.chitchat.lock().await;
+    let mut local = inner.local.lock().expect("local lock");
+    write_due(cc.self_node_state(), &mut local, now_ms);
+    drop(local);
+    drop(cc);
+    inner.push.notify_one();
 }
 
 /// What the last snapshot held, so an unchanged state is not rewritten.
@@ -80,7 +127,7 @@ impl SnapshotState {
 /// The snapshot to write, if one is due: the entity records and this node's live leases, when
 /// they changed (a lease of ours coming or going, an entity written) or the last one is older
 /// than `SNAPSHOT_REFRESH` (so deadlines and its age stay roughly current). Renewals alone
-/// change nothing. Deciding costs a pass over our own keys; records are encoded only when due.
+/// change nothing. Deciding costs a pass over the entities; records are encoded only when due.
 pub(super) fn snapshot_due(inner: &Inner, last: &SnapshotState) -> Option<DueSnapshot> {
     let dir = inner.config.data_dir.as_ref()?;
     let now = inner.hlc.now_ms();
@@ -97,14 +144,9 @@ pub(super) fn snapshot_due(inner: &Inner, last: &SnapshotState) -> Option<DueSna
     for (n, slot) in &r.frontends {
         fold(n, &slot.encoded);
     }
-    // The set of our lease keys (not their deadlines) decides whether this is a change.
-    for key in local
-        .own
-        .keys()
-        .filter(|k| k.starts_with(registry::LEASE_PREFIX))
-    {
-        fold(key, "");
-    }
+    // The set of our lease keys (not their deadlines) decides whether this is a change: the
+    // write path and maintenance count its changes.
+    fold(&local.own_lease_set_version.to_string(), "");
     let changed = last.digest != Some(digest);
     let stale = last
         .saved_at

@@ -32,6 +32,7 @@ use crate::snapshot;
 use crate::supervise::{self, Failures};
 
 mod clock;
+mod deferred;
 mod gossip;
 mod maintain;
 mod view_task;
@@ -119,6 +120,14 @@ struct Local {
     registry: Registry,
     /// Markers of the records in this node's own keyspace, by gossip key.
     own: BTreeMap<String, Marker>,
+    /// Keys of our lease copies that a peer's record outranked since the last maintenance
+    /// round (what `gc::plan_for` looks at, besides what expired).
+    outranked: std::collections::BTreeSet<String>,
+    /// Bumped whenever a lease key enters or leaves our keyspace: the snapshot is rewritten
+    /// when this moved (renewals alone do not move it).
+    own_lease_set_version: u64,
+    /// Renewals taken but not yet gossiped (`registry::renew`); maintenance writes them when due.
+    deferred: deferred::Deferred,
     /// Entity records of a snapshot older than the tombstone horizon: held back until the node
     /// knows whether peers can say what happened to them meanwhile (see `view_task`).
     quarantined: Vec<(String, String)>,
@@ -137,6 +146,8 @@ struct Counters {
     rounds: AtomicU64,
     /// Warnings that a peer's clock is off by more than `clock_offset_warn`.
     clock_warnings: AtomicU64,
+    /// Renewals acknowledged without being gossiped at once (`registry::renew`).
+    renewals_deferred: AtomicU64,
     /// Events emitted, by kind (counted here, where they are made, so that a slow reader of
     /// the event stream cannot make the count miss any).
     events: [AtomicU64; EVENT_KINDS.len()],
@@ -328,6 +339,8 @@ impl Node {
 
     /// Stops the node's tasks and gossip, saving a last snapshot.
     pub async fn stop(&self) {
+        // Renewals still waiting go out with the last gossip rounds (best effort).
+        maintain::flush_deferred(&self.inner, u64::MAX).await;
         self.stop.trigger();
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for t in tasks {
@@ -480,6 +493,19 @@ impl Node {
     /// Warnings so far that a peer's clock is off by more than `clock_offset_warn`.
     pub fn clock_warnings(&self) -> u64 {
         self.inner.counters.clock_warnings.load(Ordering::Relaxed)
+    }
+
+    /// Renewals acknowledged so far without being gossiped at once, and how many wait now.
+    pub fn renewals_deferred(&self) -> (u64, usize) {
+        let n = self
+            .inner
+            .counters
+            .renewals_deferred
+            .load(Ordering::Relaxed);
+        (
+            n,
+            self.inner.local.lock().expect("local lock").deferred.len(),
+        )
     }
 
     /// Peers whose clock offset the node estimates (bounded by the membership).

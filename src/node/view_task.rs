@@ -35,6 +35,8 @@ pub(super) async fn run(
 ) {
     let started = Instant::now();
     let mut prev: Arc<NodeView> = inner.views.borrow().clone();
+    // The view as of the last update; `update_view` keeps it current.
+    let mut view = prev.view.clone();
     let mut ready = prev.ready;
     let mut maintenance = tokio::time::interval(maintain::INTERVAL);
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,28 +131,28 @@ pub(super) async fn run(
         // Isolated: peers configured, none live, once the node is ready (before that it
         // renders nothing anyway).
         let isolated = has_peers && ready && !members.iter().any(|m| !m.is_self && m.live);
-        let (view, step) = {
+        // The view, brought up to date from what changed (not recomputed), and the guard's
+        // step from what stopped being live.
+        let (changes, step) = {
             let now = inner.hlc.now_ms();
-            let local = inner.local.lock().expect("local lock");
-            let view = local.registry.view(now);
+            let mut local = inner.local.lock().expect("local lock");
+            let changes = local.registry.update_view(&mut view, now);
+            let registry = &local.registry;
             let deregistered = |k: &RegKey| {
-                local
-                    .registry
+                registry
                     .leases
                     .get(k)
                     .is_some_and(|s| s.reg.val.is_deregistration())
             };
-            // What was live before (what was held before, the guard holds itself).
             let step = guard.step(
-                &prev.view.registrations,
+                &changes.offline,
                 &view.registrations,
                 &deregistered,
                 isolated,
                 now,
                 &inner.config.guard,
             );
-            let next = local
-                .registry
+            let next = registry
                 .next_deadline(now)
                 .into_iter()
                 .chain(guard.next_release())
@@ -158,9 +160,9 @@ pub(super) async fn run(
             sleep_until = next
                 .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now)))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            (view, step)
+            (changes, step)
         };
-        for event in events::diff(&prev.view, &view) {
+        for event in events::of_changes(&changes, &prev.view, &view) {
             log_event(&event);
             inner.counters.count_event(&event);
             let _ = inner.events.send(event);
@@ -173,14 +175,19 @@ pub(super) async fn run(
                     "guard: degraded; serving registrations the registry no longer has live");
             }
         }
-        let changed = !same_shape(&prev.view, &view)
+        // Renewals that only move deadlines change nothing downstream: the view's entries keep
+        // the deadlines they had when they last changed otherwise.
+        let changed = !changes.online.is_empty()
+            || !changes.offline.is_empty()
+            || changes.updated
+            || changes.entities
             || prev.members != members
             || prev.ready != ready
             || prev.held.keys().ne(step.held.keys())
             || prev.degraded != step.degraded;
         if changed {
             let next = Arc::new(NodeView {
-                view,
+                view: view.clone(),
                 members: members.clone(),
                 ready,
                 held: step.held,
@@ -227,17 +234,6 @@ async fn resolve_quarantine(inner: &Inner, decision: registry::restore::Quaranti
         "restored the entities of an old snapshot: every peer is back from an outage as long, or none answered"
     );
     restored > 0
-}
-
-/// Whether two views would render the same (deadlines aside: renewals change nothing).
-fn same_shape(a: &registry::View, b: &registry::View) -> bool {
-    a.backends == b.backends
-        && a.frontends == b.frontends
-        && a.registrations.len() == b.registrations.len()
-        && a.registrations
-            .iter()
-            .zip(b.registrations.iter())
-            .all(|((ka, ra), (kb, rb))| ka == kb && ra.meta == rb.meta && ra.ttl_ms == rb.ttl_ms)
 }
 
 fn log_event(event: &Event) {
@@ -299,7 +295,7 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
                 }
                 continue;
             }
-            changed |= join_one(&mut local.registry, record, &value, now);
+            changed |= join_one(&mut local, &key, record, &value, now);
         } else if key == KEY_CLOCK {
             let mut clock_keys = inner.clock_keys.lock().expect("clock keys lock");
             let seen = clock_keys
@@ -334,8 +330,17 @@ fn join_remote(inner: &Inner, items: impl Iterator<Item = Received>) -> bool {
     changed
 }
 
-fn join_one(registry: &mut registry::Registry, record: Record, value: &str, now: u64) -> bool {
-    let changes = registry.changes_view(&record, now);
-    registry.insert(record, value);
+/// Joins one peer's record; notes our copy of its key if the join outranked it (maintenance
+/// deletes it then, see [`registry::gc::plan_for`]).
+fn join_one(local: &mut super::Local, key: &str, record: Record, value: &str, now: u64) -> bool {
+    let changes = local.registry.changes_view(&record, now);
+    local.registry.insert(record, value);
+    let super::Local {
+        registry,
+        own,
+        outranked,
+        ..
+    } = local;
+    registry::gc::note_if_outranked(own, registry, key, outranked);
     changes
 }

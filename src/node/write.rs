@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::{Entity, Node};
+use super::{deferred, Entity, Node};
 use crate::hlc::Stamp;
 use crate::model::{Invalid, RegKey, Snippets};
-use crate::registry::{self, Lease, LiveRegistration, Marker, Record, Registry, Versioned};
+use crate::registry::{self, renew, Lease, LiveRegistration, Marker, Record, Registry, Versioned};
 
 /// Why an entity write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,11 +75,31 @@ impl Node {
         let now = self.inner.hlc.now_ms();
         let record = build(self.inner.hlc.stamp(), now);
         let (key, value) = registry::encode(&record);
+        // A renewal that only moves the deadline of our own live record may wait (it is
+        // acknowledged now; maintenance gossips the latest one in time).
+        if let Record::Lease(k, lease) = &record {
+            let current = local.registry.leases.get(k);
+            let ours = current.is_some_and(|s| local.own.get(&key) == Some(&s.reg.marker));
+            let margin = deferred::MARGIN.as_millis() as u64;
+            if let Some(due) =
+                current.and_then(|s| renew::defer_until(&s.reg.val, ours, lease, now, margin))
+            {
+                local.deferred.put(key, record.clone(), value, due);
+                drop(local);
+                drop(cc);
+                let c = &self.inner.counters.renewals_deferred;
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(record);
+            }
+        }
+        local.deferred.remove(&key);
         let marker = marker_of(&record, &value);
         let changes = local.registry.changes_view(&record, now);
         local.registry.insert(record.clone(), &value);
         cc.self_node_state().set(key.clone(), value);
-        local.own.insert(key, marker);
+        if local.own.insert(key, marker).is_none() {
+            local.own_lease_set_version += 1;
+        }
         drop(local);
         drop(cc);
         if changes {

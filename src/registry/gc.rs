@@ -9,7 +9,7 @@
 //! - every entity's winning version is copied into our keyspace, byte for byte, so entities
 //!   outlive the node that received them; tombstones older than `tombstone_ttl` are forgotten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{backend_key, frontend_key, parse_lease_key, EntitySlot, Marker, Registry};
@@ -69,34 +69,99 @@ impl Plan {
 }
 
 /// What to delete, adopt and forget at `now_ms`, given our keyspace's records (`own`: gossip key
-/// to marker) and the joined registry.
+/// to marker) and the joined registry. Visits every lease: the reference that [`plan_for`]
+/// agrees with, and the safety net a node runs now and then.
 pub fn plan(
     own: &BTreeMap<String, Marker>,
     registry: &Registry,
     now_ms: u64,
     cfg: GcConfig,
 ) -> Plan {
-    let mut out = Plan::default();
-    let collectable =
-        |max_deadline_ms: u64| now_ms > max_deadline_ms.saturating_add(cfg.lease_grace_ms);
+    let own_leases = own
+        .range(LEASE_PREFIX.to_string()..)
+        .take_while(|(k, _)| k.starts_with(LEASE_PREFIX))
+        .map(|(k, _)| k.as_str());
+    let forget = registry
+        .leases
+        .iter()
+        .filter(|(_, s)| collectable(s.max_deadline_ms, now_ms, cfg))
+        .map(|(k, _)| k);
+    plan_visiting(own, registry, now_ms, cfg, own_leases, forget)
+}
 
+/// The same plan as [`plan`], visiting only the leases that can be in it: those of our copies
+/// that a newer record may have outranked since the last round (`outranked`, gossip keys: the
+/// node notes them as it joins peers' records), and those whose winning deadline is more than
+/// the grace ago (the registry's deadline index). Equal to [`plan`] when `outranked` holds
+/// every key of ours whose winner changed since the last applied plan (property-tested).
+pub fn plan_for(
+    own: &BTreeMap<String, Marker>,
+    registry: &Registry,
+    now_ms: u64,
+    cfg: GcConfig,
+    outranked: &BTreeSet<String>,
+) -> Plan {
+    let forget: Vec<&RegKey> = registry
+        .leases_by_deadline_before(now_ms.saturating_sub(cfg.lease_grace_ms))
+        .filter(|k| collectable(registry.leases[*k].max_deadline_ms, now_ms, cfg))
+        .collect();
+    let forgotten: Vec<String> = forget.iter().map(|k| super::lease_key(k)).collect();
+    let candidates: BTreeSet<&str> = outranked
+        .iter()
+        .map(String::as_str)
+        .chain(forgotten.iter().map(String::as_str))
+        .filter(|k| own.contains_key(*k))
+        .collect();
+    plan_visiting(
+        own,
+        registry,
+        now_ms,
+        cfg,
+        candidates.into_iter(),
+        forget.into_iter(),
+    )
+}
+
+/// After a record was joined under `key`: notes `key` in `outranked` when it is a lease of ours
+/// that the join outranked (what [`plan_for`] must visit).
+pub fn note_if_outranked(
+    own: &BTreeMap<String, Marker>,
+    registry: &Registry,
+    key: &str,
+    outranked: &mut BTreeSet<String>,
+) {
+    let Some(ours) = own.get(key) else { return };
+    let winner = parse_lease_key(key).and_then(|k| registry.leases.get(&k));
+    if winner.is_some_and(|s| s.reg.marker > *ours) {
+        outranked.insert(key.to_string());
+    }
+}
+
+fn collectable(max_deadline_ms: u64, now_ms: u64, cfg: GcConfig) -> bool {
+    now_ms > max_deadline_ms.saturating_add(cfg.lease_grace_ms)
+}
+
+fn plan_visiting<'a>(
+    own: &BTreeMap<String, Marker>,
+    registry: &Registry,
+    now_ms: u64,
+    cfg: GcConfig,
+    own_leases: impl Iterator<Item = &'a str>,
+    forget: impl Iterator<Item = &'a RegKey>,
+) -> Plan {
+    let mut out = Plan::default();
     // Our lease copies.
-    for (key, marker) in own.range(LEASE_PREFIX.to_string()..) {
-        if !key.starts_with(LEASE_PREFIX) {
-            break;
-        }
+    for key in own_leases {
+        let Some(marker) = own.get(key) else { continue };
         let slot = parse_lease_key(key).and_then(|k| registry.leases.get(&k));
         let dominated = slot.is_some_and(|s| s.reg.marker > *marker);
-        let expired = slot.is_none_or(|s| collectable(s.max_deadline_ms));
+        let expired = slot.is_none_or(|s| collectable(s.max_deadline_ms, now_ms, cfg));
         if dominated || expired {
-            out.delete.push(key.clone());
+            out.delete.push(key.to_string());
         }
     }
-    for (k, slot) in &registry.leases {
-        if collectable(slot.max_deadline_ms) {
-            out.forget_leases.push(k.clone());
-        }
-    }
+    out.forget_leases.extend(forget.cloned());
+    out.forget_leases.sort();
 
     // Entities.
     entities(&registry.backends, backend_key, own, now_ms, cfg, &mut out);
@@ -258,6 +323,60 @@ mod tests {
             let (mut reg, mut own) = node_state(&mine, &theirs);
             plan(&own, &reg, now, CFG).apply(&mut reg, &mut own);
             prop_assert!(plan(&own, &reg, now, CFG).is_empty());
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A record written into our keyspace (and joined).
+        Mine(Record),
+        /// A record joined from a peer.
+        Theirs(Record),
+        /// Time passes, then a maintenance round.
+        Round(u64),
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            arb_record().prop_map(Op::Mine),
+            arb_record().prop_map(Op::Theirs),
+            (1u64..30).prop_map(Op::Round),
+        ]
+    }
+
+    proptest! {
+        /// Round after round, with records joined between them, the plan that visits only the
+        /// outranked copies and the expired leases is the plan that visits everything.
+        #[test]
+        fn plan_for_agrees_with_the_full_plan_round_after_round(
+            ops in prop::collection::vec(arb_op(), 0..40),
+        ) {
+            let mut reg = Registry::default();
+            let mut own: BTreeMap<String, Marker> = BTreeMap::new();
+            let mut outranked = BTreeSet::new();
+            let mut now = 0;
+            for op in ops {
+                let record = match op {
+                    Op::Round(dt) => {
+                        now += dt;
+                        let full = plan(&own, &reg, now, CFG);
+                        let visiting = plan_for(&own, &reg, now, CFG, &outranked);
+                        prop_assert_eq!(&visiting, &full);
+                        visiting.apply(&mut reg, &mut own);
+                        outranked.clear();
+                        continue;
+                    }
+                    Op::Mine(r) => {
+                        let (k, v) = encode(&r);
+                        own.insert(k, (r.stamp().clone(), crate::registry::digest(v.as_bytes())));
+                        r
+                    }
+                    Op::Theirs(r) => r,
+                };
+                let (k, v) = encode(&record);
+                reg.insert(record, &v);
+                note_if_outranked(&own, &reg, &k, &mut outranked);
+            }
         }
     }
 

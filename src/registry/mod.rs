@@ -5,7 +5,8 @@
 //! - [`view`]: what is live at an instant, and when that next changes on its own;
 //! - [`gc`]: what a node may delete from its keyspace, adopt into it, or forget;
 //! - [`ready`]: whether a starting node has caught up with its peers;
-//! - [`restore`]: what a starting node takes back from its snapshot.
+//! - [`restore`]: what a starting node takes back from its snapshot;
+//! - [`renew`]: which renewals may wait before they are gossiped.
 //!
 //! The registry is a map of last-writer-wins registers (crdts' `LWWReg`) keyed by record key,
 //! with the HLC stamp as marker. The join keeps, per key, the record with the greatest marker; the
@@ -16,7 +17,7 @@
 //! Liveness is a pure function of this state and the clock: a registration is live iff its
 //! greatest-stamped lease is a renewal (not a deregistration) whose deadline is in the future.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crdts::{CvRDT, LWWReg};
@@ -27,11 +28,12 @@ use crate::model::{Backend, Frontend, RegKey};
 pub mod codec;
 pub mod gc;
 pub mod ready;
+pub mod renew;
 pub mod restore;
 mod view;
 
 pub use codec::*;
-pub use view::{LiveRegistration, View};
+pub use view::{LiveRegistration, View, ViewChanges};
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -83,7 +85,35 @@ pub struct Registry {
     /// Leases held per app (derived from `leases`, kept in step by `insert`, `remove_lease` and
     /// `merge`): the per-app limit is checked on every new registration.
     per_app: BTreeMap<String, usize>,
+    /// Every lease by its winning record's deadline (derived from `leases`, kept in step like
+    /// `per_app`): what expires next, and what garbage collection may visit, without a scan.
+    by_deadline: BTreeSet<(u64, RegKey)>,
+    /// What changed since the view was last brought up to date ([`Registry::update_view`]).
+    changes: Changes,
 }
+
+/// The keys whose change the view must look at, since [`Registry::update_view`] last ran:
+/// bookkeeping about the path to the state, not state (two registries that hold the same
+/// records are equal whatever their change logs say).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Leases whose winning record changed in a way that may change the view: new, TTL or meta
+    /// changed, a deregistration, an earlier deadline, or a renewal of one that had expired by
+    /// the last update. A renewal that only moves a live lease's deadline later is not here
+    /// (the deadline index tells when it expires).
+    pub leases: BTreeSet<RegKey>,
+    /// Whether any entity's winning record changed.
+    pub entities: bool,
+    /// The instant the view was last brought up to, if ever.
+    pub view_ms: Option<u64>,
+}
+
+impl PartialEq for Changes {
+    fn eq(&self, _: &Changes) -> bool {
+        true
+    }
+}
+impl Eq for Changes {}
 
 fn join_map<K: Ord, V, F: Fn(&mut V, V)>(into: &mut BTreeMap<K, V>, from: BTreeMap<K, V>, f: F) {
     for (k, v) in from {
@@ -135,6 +165,8 @@ impl Registry {
                 match self.leases.entry(k) {
                     Entry::Vacant(e) => {
                         *self.per_app.entry(e.key().app.clone()).or_default() += 1;
+                        self.by_deadline.insert((deadline, e.key().clone()));
+                        self.changes.leases.insert(e.key().clone());
                         e.insert(LeaseSlot {
                             reg: LWWReg { val: lease, marker },
                             max_deadline_ms: deadline,
@@ -143,16 +175,43 @@ impl Registry {
                     Entry::Occupied(mut e) => {
                         let slot = e.get_mut();
                         slot.max_deadline_ms = slot.max_deadline_ms.max(deadline);
-                        slot.reg.update(lease, marker);
+                        if marker <= slot.reg.marker {
+                            return;
+                        }
+                        let old = std::mem::replace(&mut slot.reg, LWWReg { val: lease, marker });
+                        let new = &slot.reg.val;
+                        // Only moves a deadline later, of a lease live at the last update?
+                        let extends = !old.val.is_deregistration()
+                            && !new.is_deregistration()
+                            && old.val.ttl_ms == new.ttl_ms
+                            && old.val.meta == new.meta
+                            && new.deadline_ms >= old.val.deadline_ms
+                            && self
+                                .changes
+                                .view_ms
+                                .is_some_and(|at| old.val.deadline_ms > at);
+                        let (old_deadline, new_deadline) = (old.val.deadline_ms, new.deadline_ms);
+                        let key = e.key();
+                        if old_deadline != new_deadline {
+                            self.by_deadline.remove(&(old_deadline, key.clone()));
+                            self.by_deadline.insert((new_deadline, key.clone()));
+                        }
+                        if !extends {
+                            self.changes.leases.insert(key.clone());
+                        }
                     }
                 }
             }
             Record::Backend(n, v) => {
                 let marker = (v.stamp.clone(), value_digest);
+                self.changes.entities |=
+                    self.backends.get(&n).is_none_or(|s| marker > s.reg.marker);
                 insert_entity(&mut self.backends, n, v, marker, encoded);
             }
             Record::Frontend(n, v) => {
                 let marker = (v.stamp.clone(), value_digest);
+                self.changes.entities |=
+                    self.frontends.get(&n).is_none_or(|s| marker > s.reg.marker);
                 insert_entity(&mut self.frontends, n, v, marker, encoded);
             }
         }
@@ -186,7 +245,10 @@ impl Registry {
 
     /// Forgets a lease (garbage collection).
     pub fn remove_lease(&mut self, k: &RegKey) {
-        if self.leases.remove(k).is_some() {
+        if let Some(slot) = self.leases.remove(k) {
+            self.by_deadline
+                .remove(&(slot.reg.val.deadline_ms, k.clone()));
+            self.changes.leases.insert(k.clone());
             if let Some(n) = self.per_app.get_mut(&k.app) {
                 *n -= 1;
                 if *n == 0 {
@@ -200,11 +262,24 @@ impl Registry {
     pub fn merge(&mut self, other: Registry) {
         join_map(&mut self.leases, other.leases, LeaseSlot::merge);
         self.per_app.clear();
-        for k in self.leases.keys() {
+        self.by_deadline.clear();
+        for (k, slot) in &self.leases {
             *self.per_app.entry(k.app.clone()).or_default() += 1;
+            self.by_deadline
+                .insert((slot.reg.val.deadline_ms, k.clone()));
         }
         join_map(&mut self.backends, other.backends, EntitySlot::merge);
         join_map(&mut self.frontends, other.frontends, EntitySlot::merge);
+        // Anything may have changed: the next view update starts over.
+        self.changes.view_ms = None;
+        self.changes.entities = true;
+    }
+
+    /// Leases whose winning record's deadline is before `before_ms`, in deadline order.
+    pub fn leases_by_deadline_before(&self, before_ms: u64) -> impl Iterator<Item = &RegKey> {
+        self.by_deadline
+            .range(..(before_ms, RegKey::MIN))
+            .map(|(_, k)| k)
     }
 
     /// How many leases of `app` the registry holds (live or not yet collected).

@@ -101,6 +101,23 @@ pub(super) fn register_collectors(
     let n = node.clone();
     counter(
         metrics,
+        "renewals_deferred",
+        "Renewals acknowledged without being gossiped at once (only the latest is, before the deadline peers know comes near)",
+        move || n.renewals_deferred().0,
+    );
+    let n = node.clone();
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let g = ConstGauge::new(n.renewals_deferred().1 as i64);
+        g.encode(enc.encode_descriptor(
+            "renewals_waiting",
+            "Deferred renewals not gossiped yet",
+            None,
+            g.metric_type(),
+        )?)
+    })));
+    let n = node.clone();
+    counter(
+        metrics,
         "clock_warnings",
         "Warnings that a peer's clock is off by more than clock_offset_warn",
         move || n.clock_warnings(),

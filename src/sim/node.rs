@@ -6,7 +6,7 @@
 //! receives a peer's keys in version order a bounded number at a time (the MTU), never sees
 //! deletions as events, and forgets a restarted node's old generation after `dead_node_grace`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::hlc::{check_drift, Hlc, ManualClock};
@@ -72,6 +72,8 @@ pub struct SimNode {
     pub copies: BTreeMap<Origin, Copy>,
     pub registry: Registry,
     pub own: BTreeMap<String, Marker>,
+    /// Our lease copies a join outranked since the last round (what `gc::plan_for` visits).
+    pub outranked: BTreeSet<String>,
     pub quarantined: Vec<(String, String)>,
     /// The last snapshot written: (saved at, records).
     pub disk: Option<(u64, Vec<(String, String)>)>,
@@ -103,6 +105,7 @@ impl SimNode {
             copies: BTreeMap::new(),
             registry: Registry::default(),
             own: BTreeMap::new(),
+            outranked: BTreeSet::new(),
             quarantined: Vec::new(),
             disk: None,
             started_ms: true_ms,
@@ -154,6 +157,7 @@ impl SimNode {
             }
             let _ = self.hlc.observe(record.stamp());
             self.registry.insert(record, value);
+            gc::note_if_outranked(&self.own, &self.registry, key, &mut self.outranked);
         } else if key == "n:clock" {
             if let Some(c) = self.copies.get_mut(&origin) {
                 c.clock_values = c.clock_values.saturating_add(1);
@@ -164,7 +168,8 @@ impl SimNode {
     /// One maintenance round: the GC plan, the clock key, the snapshot, readiness.
     pub fn maintain(&mut self, live_origins: &[Origin], bounds: &Bounds) {
         let now = self.now();
-        let plan = gc::plan(&self.own, &self.registry, now, bounds.gc);
+        let plan = gc::plan_for(&self.own, &self.registry, now, bounds.gc, &self.outranked);
+        self.outranked.clear();
         for key in &plan.delete {
             self.space.delete(key);
         }
@@ -233,6 +238,7 @@ impl SimNode {
         self.copies.clear();
         self.registry = Registry::default();
         self.own.clear();
+        self.outranked.clear();
         self.quarantined.clear();
         self.started_ms = self.now();
         self.ready = false;
