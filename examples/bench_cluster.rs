@@ -8,12 +8,10 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{binary, free_port};
+use common::{binary, free_port, now_ms, subscribe};
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -76,42 +74,6 @@ fn start(n: usize) -> Cluster {
         }
     }
     c
-}
-
-fn now_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        * 1000.0
-}
-
-/// Subscribes to a node's events; yields (event name, data, wall-clock ms at receipt).
-fn subscribe(api: &str) -> mpsc::Receiver<(String, Value, f64)> {
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let url = format!("{api}/v1/events");
-    std::thread::spawn(move || {
-        let resp = ureq::get(&url).call().unwrap();
-        let _ = ready_tx.send(());
-        let mut name = String::new();
-        for line in BufReader::new(resp.into_body().into_reader())
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(n) = line.strip_prefix("event:") {
-                name = n.trim().to_string();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                let at = now_ms();
-                let v = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
-                if tx.send((name.clone(), v, at)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    ready_rx.recv().unwrap();
-    rx
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,7 +1,12 @@
 //! What the benchmarks share: free loopback ports and the release binary.
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
 
 /// A port free on loopback for both TCP and UDP (an API and a gossip port can be the same).
 pub fn free_port() -> u16 {
@@ -23,4 +28,38 @@ pub fn binary() -> PathBuf {
         "build the release binary first: cargo build --release"
     );
     p
+}
+
+/// Wall-clock time in ms since the epoch (what event arrival times are measured in).
+#[allow(dead_code)]
+pub fn now_ms() -> f64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    since.as_secs_f64() * 1000.0
+}
+
+/// Subscribes to a node's events; yields (event name, data, wall-clock ms at receipt).
+#[allow(dead_code)]
+pub fn subscribe(api: &str) -> mpsc::Receiver<(String, Value, f64)> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let url = format!("{api}/v1/events");
+    std::thread::spawn(move || {
+        let resp = ureq::get(&url).call().unwrap();
+        let _ = ready_tx.send(());
+        let mut name = String::new();
+        let lines = BufReader::new(resp.into_body().into_reader()).lines();
+        for line in lines.map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                let at = now_ms();
+                let v = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                if tx.send((name.clone(), v, at)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    rx
 }

@@ -75,23 +75,7 @@ impl Node {
         let now = self.inner.hlc.now_ms();
         let record = build(self.inner.hlc.stamp(), now);
         let (key, value) = registry::encode(&record);
-        // A renewal that only moves the deadline of our own live record may wait (it is
-        // acknowledged now; maintenance gossips the latest one in time).
-        if let Record::Lease(k, lease) = &record {
-            let current = local.registry.leases.get(k);
-            let ours = current.is_some_and(|s| local.own.get(&key) == Some(&s.reg.marker));
-            let margin = deferred::MARGIN.as_millis() as u64;
-            if let Some(due) =
-                current.and_then(|s| renew::defer_until(&s.reg.val, ours, lease, now, margin))
-            {
-                local.deferred.put(key, record.clone(), value, due);
-                drop(local);
-                drop(cc);
-                let c = &self.inner.counters.renewals_deferred;
-                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(record);
-            }
-        }
+        // This write supersedes any renewal of the key still waiting.
         local.deferred.remove(&key);
         let marker = marker_of(&record, &value);
         let changes = local.registry.changes_view(&record, now);
@@ -137,6 +121,9 @@ impl Node {
         self.check_ttl(ttl)?;
         crate::model::validate_meta(&meta)?;
         let ttl_ms = ttl.as_millis() as u64;
+        if let Some(r) = self.try_defer(&key, ttl_ms, &meta) {
+            return Ok(r);
+        }
         let limits = &self.inner.config.limits;
         let admit = |r: &Registry| crate::limits::admit(r, limits, &key);
         let record = self
@@ -156,6 +143,44 @@ impl Node {
             Record::Lease(k, lease) => Ok(lease.live_registration(&k)),
             _ => unreachable!("a registration writes a lease"),
         }
+    }
+
+    /// A renewal that may wait (`registry::renew`), taken under the registry lock alone: most
+    /// renewals under a steady load never wait for chitchat's lock, which gossip rounds hold
+    /// while they scan the keyspace. Safe without that lock because nothing reaches the keyspace
+    /// now: a later write of the key (under both locks) replaces or drops what waits, and
+    /// maintenance writes it under both, only if our copy still wins.
+    fn try_defer(
+        &self,
+        k: &RegKey,
+        ttl_ms: u64,
+        meta: &BTreeMap<String, String>,
+    ) -> Option<LiveRegistration> {
+        let mut local = self.inner.local.lock().expect("local lock");
+        let current = local.registry.leases.get(k)?;
+        let key = registry::lease_key(k);
+        let ours = local.own.get(&key) == Some(&current.reg.marker);
+        // Cheap checks first: no stamp is spent on a renewal that cannot wait.
+        let cur = &current.reg.val;
+        if !ours || cur.ttl_ms != ttl_ms || cur.meta != *meta || cur.is_deregistration() {
+            return None;
+        }
+        let now = self.inner.hlc.now_ms();
+        let lease = Lease {
+            stamp: self.inner.hlc.stamp(),
+            deadline_ms: now + ttl_ms,
+            ttl_ms,
+            meta: meta.clone(),
+        };
+        let margin = deferred::MARGIN.as_millis() as u64;
+        let due = renew::defer_until(cur, ours, &lease, now, margin)?;
+        let live = lease.live_registration(k);
+        let record = Record::Lease(k.clone(), lease);
+        let (_, value) = registry::encode(&record);
+        local.deferred.put(key, record, value, due);
+        let c = &self.inner.counters.renewals_deferred;
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(live)
     }
 
     /// Ends a registration now, on every node as soon as the record arrives (a deregistration
