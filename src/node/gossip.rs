@@ -148,6 +148,18 @@ pub(super) async fn resync(inner: &Inner) -> Option<Vec<Received>> {
     Some(items)
 }
 
+/// Leases the node holds per millisecond of pause between two eager pushes.
+/// chitchat answers each push with a delta it computes by scanning every key newer than the
+/// peer's digest (under the lock every write needs), so a push costs in proportion to the
+/// keyspace: pausing in proportion too keeps that work bounded (about 5 ms at 10k keys, 50 ms
+/// at 100k) while small clusters keep pushing every 5 ms.
+const PUSH_KEYS_PER_MS: usize = 2_000;
+
+/// The pause after an eager push, given how many leases the node holds.
+pub(super) fn push_pause(keys: usize) -> Duration {
+    PUSH_MIN_INTERVAL.max(Duration::from_millis((keys / PUSH_KEYS_PER_MS) as u64))
+}
+
 /// Gossips right away with every live peer after local writes, so a write reaches the cluster in
 /// about one round trip instead of up to one gossip interval.
 pub(super) async fn push_task(inner: Arc<Inner>, mut stop: Shutdown) {
@@ -156,18 +168,42 @@ pub(super) async fn push_task(inner: Arc<Inner>, mut stop: Shutdown) {
             _ = inner.push.notified() => {}
             _ = stop.wait() => return,
         }
-        let peers: Vec<SocketAddr> = {
+        let (peers, keys): (Vec<SocketAddr>, usize) = {
             let cc = inner.chitchat.lock().await;
-            cc.live_nodes()
+            let peers = cc
+                .live_nodes()
                 .filter(|id| **id != inner.self_id)
                 .map(|id| id.gossip_advertise_addr)
-                .collect()
+                .collect();
+            // The registry holds a record per key of every keyspace (a lease copied by many
+            // nodes counts once): a lower bound of the keys, read in O(1).
+            let keys = inner
+                .local
+                .lock()
+                .expect("local lock")
+                .registry
+                .leases
+                .len();
+            (peers, keys)
         };
         for peer in peers {
             if let Err(e) = inner.handle.gossip(peer) {
                 debug!(error = %e, "eager gossip failed");
             }
         }
-        tokio::time::sleep(PUSH_MIN_INTERVAL).await;
+        tokio::time::sleep(push_pause(keys)).await;
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::*;
+
+    #[test]
+    fn the_push_pause_is_5_ms_for_small_keyspaces_and_grows_with_the_keyspace() {
+        assert_eq!(push_pause(0), Duration::from_millis(5));
+        assert_eq!(push_pause(10_000), Duration::from_millis(5));
+        assert_eq!(push_pause(100_000), Duration::from_millis(50));
+        assert_eq!(push_pause(300_000), Duration::from_millis(150));
     }
 }
