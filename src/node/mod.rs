@@ -587,7 +587,10 @@ async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Pe
                 .node_state(id)
                 .is_some_and(|s| s.get(KEY_RECOVERING).is_some()),
             caught_up: clock_keys.get(&peer_key(id)).is_some_and(|(_, distinct)| {
-                registry::ready::caught_up(*distinct, live.contains(id))
+                let superseded = newest
+                    .get(&id.node_id.to_string())
+                    .is_some_and(|n| n.generation_id > id.generation_id);
+                registry::ready::caught_up(*distinct, superseded)
             }),
         })
         .collect();

@@ -192,7 +192,7 @@ impl SimNode {
                     caught_up: self
                         .copies
                         .get(o)
-                        .is_some_and(|c| ready::caught_up(c.clock_values, true)),
+                        .is_some_and(|c| ready::caught_up(c.clock_values, false)),
                 })
                 .collect();
             let waited = std::time::Duration::from_millis(now.saturating_sub(self.started_ms));
