@@ -10,7 +10,7 @@
 //! - `maintain`: applies garbage collection and adoption to the keyspace; snapshots;
 //! - `clock`: peers' clock offsets.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,7 @@ mod clock;
 mod deferred;
 mod gossip;
 mod maintain;
+mod members;
 mod view_task;
 pub mod write;
 
@@ -555,70 +556,4 @@ fn has_peers(config: &Config) -> bool {
         .seeds
         .iter()
         .any(|s| s.parse::<SocketAddr>().ok() != Some(config.gossip_advertise))
-}
-
-/// A peer's ChitchatId as the readiness bookkeeping keys it.
-fn peer_key(id: &ChitchatId) -> (String, u64) {
-    (id.node_id.to_string(), id.generation_id)
-}
-
-/// Members as chitchat knows them (newest generation of each node id).
-async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Peer>) {
-    let cc = inner.chitchat.lock().await;
-    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-    // A restarted node appears under a new generation: show only its newest one.
-    let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
-    for id in cc.node_states().keys() {
-        let e = newest.entry(id.node_id.to_string()).or_insert(id);
-        if id.generation_id > e.generation_id {
-            *e = id;
-        }
-    }
-    let known: HashSet<(String, u64)> = cc.node_states().keys().map(peer_key).collect();
-    let mut clock_keys = inner.clock_keys.lock().expect("clock keys lock");
-    clock_keys.retain(|k, _| known.contains(k));
-    let peers: Vec<registry::ready::Peer> = cc
-        .node_states()
-        .keys()
-        .filter(|id| id.node_id != inner.self_id.node_id)
-        .map(|id| registry::ready::Peer {
-            node: id.node_id.to_string(),
-            recovering: cc
-                .node_state(id)
-                .is_some_and(|s| s.get(KEY_RECOVERING).is_some()),
-            caught_up: clock_keys.get(&peer_key(id)).is_some_and(|(_, distinct)| {
-                let superseded = newest
-                    .get(&id.node_id.to_string())
-                    .is_some_and(|n| n.generation_id > id.generation_id);
-                registry::ready::caught_up(*distinct, superseded)
-            }),
-        })
-        .collect();
-    drop(clock_keys);
-    let mut clocks = inner.clocks.lock().expect("clock lock");
-    clocks.retain(|node| newest.contains_key(node));
-    let mut out: Vec<Member> = newest
-        .into_values()
-        .map(|id| {
-            let is_self = *id == inner.self_id;
-            Member {
-                node_id: id.node_id.to_string(),
-                gossip_addr: id.gossip_advertise_addr,
-                api_addr: cc
-                    .node_state(id)
-                    .and_then(|s| s.get(KEY_API))
-                    .map(str::to_string),
-                live: is_self || live.contains(id),
-                is_self,
-                clock_offset_ms: if is_self {
-                    Some(0)
-                } else {
-                    clocks.estimate(&id.node_id)
-                },
-            }
-        })
-        .collect();
-    drop(clocks);
-    out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    (out, peers)
 }

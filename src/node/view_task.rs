@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::gossip::{self, Received};
-use super::{clock, compute_members, has_peers, maintain, Inner, KEY_CLOCK, KEY_RECOVERING};
+use super::members::compute_members;
+use super::{clock, has_peers, maintain, Inner, KEY_CLOCK, KEY_RECOVERING};
 use crate::cluster::{Member, NodeView};
 use crate::events::{self, Event};
 use crate::guard::Guard;
