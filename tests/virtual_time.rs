@@ -155,3 +155,65 @@ async fn two_hours_of_virtual_time_collect_every_lease_and_tombstone_on_every_no
         n.stop().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_waits_reaches_every_node_before_the_deadline_they_hold() {
+    let t = ChannelTransport::default();
+    let clock = TokioClock::new(NOW);
+    let mut nodes = Vec::new();
+    for i in 1..=3u8 {
+        nodes.push(
+            Node::start(config(i, 3), Arc::new(clock.clone()), &t)
+                .await
+                .unwrap(),
+        );
+    }
+    settle("sees all three members live", &nodes, |n| {
+        n.members().iter().filter(|m| m.live).count() == 3
+    })
+    .await;
+    let k = RegKey::new("web", "1", "10.0.0.9", 80).unwrap();
+    let ttl = Some(Duration::from_secs(20));
+    let deadline_of = |n: &Node| {
+        n.registrations(Some("web"), None, None)
+            .first()
+            .map(|r| r.deadline_ms)
+    };
+    let first = nodes[0]
+        .register(k.clone(), ttl, BTreeMap::new())
+        .await
+        .unwrap();
+    settle("holds the registration", &nodes, |n| {
+        deadline_of(n) == Some(first.deadline_ms)
+    })
+    .await;
+    // Two seconds later the client renews, once, and then stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = nodes[0]
+        .register(k.clone(), ttl, BTreeMap::new())
+        .await
+        .unwrap();
+    assert!(last.deadline_ms >= first.deadline_ms + 2_000);
+    assert_eq!(nodes[0].renewals_deferred(), (1, 1), "the renewal waits");
+    for n in &nodes[1..] {
+        assert_eq!(
+            deadline_of(n),
+            Some(first.deadline_ms),
+            "nothing gossiped yet"
+        );
+    }
+    // Just before the deadline the others held, every node holds the renewal's.
+    let now = nodes[0].now_ms();
+    tokio::time::sleep(Duration::from_millis(first.deadline_ms - 1 - now)).await;
+    for n in &nodes {
+        assert_eq!(deadline_of(n), Some(last.deadline_ms), "{:?}", n.members());
+    }
+    assert_eq!(nodes[0].renewals_deferred().1, 0, "nothing waits any more");
+    // And it expires at that deadline, everywhere.
+    let now = nodes[0].now_ms();
+    tokio::time::sleep(Duration::from_millis(last.deadline_ms + 1 - now)).await;
+    settle("lets it expire", &nodes, |n| deadline_of(n).is_none()).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

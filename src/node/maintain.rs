@@ -78,10 +78,11 @@ pub(super) async fn run(inner: &Inner) {
 /// Writes the deferred renewals due by `now_ms` into the keyspace and the registry, unless a
 /// newer record of the lease arrived meanwhile (then the deferred one could never win).
 fn write_due(state: &mut chitchat::NodeState, local: &mut Local, now_ms: u64) {
-    for (key, record, value) in local.deferred.take_due(now_ms) {
+    for (key, record) in local.deferred.take_due(now_ms) {
         let Record::Lease(k, _) = &record else {
             continue;
         };
+        let (_, value) = registry::encode(&record);
         let current = local.registry.leases.get(k).map(|s| &s.reg.marker);
         if current.is_none() || current != local.own.get(&key) {
             continue;

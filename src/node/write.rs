@@ -175,9 +175,9 @@ impl Node {
         let margin = deferred::MARGIN.as_millis() as u64;
         let due = renew::defer_until(cur, ours, &lease, now, margin)?;
         let live = lease.live_registration(k);
-        let record = Record::Lease(k.clone(), lease);
-        let (_, value) = registry::encode(&record);
-        local.deferred.put(key, record, value, due);
+        local
+            .deferred
+            .put(key, Record::Lease(k.clone(), lease), due);
         let c = &self.inner.counters.renewals_deferred;
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(live)
