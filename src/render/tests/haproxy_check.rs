@@ -33,13 +33,7 @@ async fn the_documented_example_template_works() {
         "{text}"
     );
     assert!(text.contains("set-header X-Served-By \"lb-1\""), "{text}");
-    let target = dir.join("haproxy.cfg");
-    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
-    let argv = default_template(BTreeMap::new()).check_command();
-    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(30)).await;
-    drop(staged);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result.unwrap();
+    assert_haproxy_accepts(&dir, &text, Duration::from_secs(30)).await;
 }
 
 /// Every alternative of every allow-listed form, and every server option, is something HAProxy
@@ -72,13 +66,7 @@ async fn every_allowed_form_and_server_option_passes_haproxy_check() {
         };
         text.push_str(&format!("backend o{n}\n    server s 127.0.0.1:1 {with}\n"));
     }
-    let target = dir.join("haproxy.cfg");
-    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
-    let argv = default_template(BTreeMap::new()).check_command();
-    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(60)).await;
-    drop(staged);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result.unwrap();
+    assert_haproxy_accepts(&dir, &text, Duration::from_secs(60)).await;
 }
 
 /// Every allow-listed form (model::snippets::EXAMPLES) is something HAProxy accepts: each example
@@ -109,7 +97,6 @@ async fn every_allow_listed_example_passes_haproxy_check() {
         nv.view.backends.insert(b.name.clone(), b);
     }
     let dir = fresh_dir("allow-list");
-    let target = dir.join("haproxy.cfg");
     let (ctx, excluded) =
         context::build_screened("n", &nv, &test_vars(&dir), Snippets::AllowListed);
     assert_eq!(excluded, vec![], "every example passes the allow-list");
@@ -118,10 +105,5 @@ async fn every_allow_listed_example_passes_haproxy_check() {
     for (_, line) in EXAMPLES {
         assert!(text.contains(line), "{line} is rendered");
     }
-    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
-    let argv = default_template(BTreeMap::new()).check_command();
-    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(30)).await;
-    drop(staged);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result.unwrap();
+    assert_haproxy_accepts(&dir, &text, Duration::from_secs(30)).await;
 }

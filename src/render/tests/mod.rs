@@ -176,6 +176,18 @@ fn fresh_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Checks `text` with `haproxy -c` (the default template's check command), as the apply path
+/// stages it in `dir`, then removes `dir`; panics with HAProxy's answer if it is refused.
+async fn assert_haproxy_accepts(dir: &Path, text: &str, timeout: Duration) {
+    let target = dir.join("haproxy.cfg");
+    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
+    let argv = default_template(BTreeMap::new()).check_command();
+    let result = files::check(&argv, staged.path(), &target, timeout).await;
+    drop(staged);
+    std::fs::remove_dir_all(dir).unwrap();
+    result.unwrap();
+}
+
 fn default_template(vars: BTreeMap<String, String>) -> TemplateConfig {
     TemplateConfig {
         name: "haproxy".into(),
@@ -219,14 +231,8 @@ fn default_template_matches_the_golden_file() {
 #[tokio::test]
 async fn the_golden_config_passes_haproxy_check() {
     let dir = fresh_dir("golden");
-    let target = dir.join("haproxy.cfg");
     let text = render_default(&fixture(1_000), test_vars(&dir));
-    let staged = files::Staged::write(&target, text.as_bytes()).unwrap();
-    let argv = default_template(BTreeMap::new()).check_command();
-    let result = files::check(&argv, staged.path(), &target, Duration::from_secs(30)).await;
-    drop(staged);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result.unwrap();
+    assert_haproxy_accepts(&dir, &text, Duration::from_secs(30)).await;
 }
 
 #[test]
