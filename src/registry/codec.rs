@@ -48,6 +48,16 @@ impl Lease {
         self.ttl_ms == 0
     }
 
+    /// Whether `next` only moves this lease's deadline later: both are renewals with the same
+    /// TTL and meta. (What the view, its change log and deferred renewals all ask.)
+    pub fn extended_by(&self, next: &Lease) -> bool {
+        !self.is_deregistration()
+            && !next.is_deregistration()
+            && self.ttl_ms == next.ttl_ms
+            && self.meta == next.meta
+            && next.deadline_ms >= self.deadline_ms
+    }
+
     /// This lease as the view shows it, for registration `key`.
     pub fn live_registration(&self, key: &RegKey) -> LiveRegistration {
         LiveRegistration {

@@ -181,11 +181,7 @@ impl Registry {
                         let old = std::mem::replace(&mut slot.reg, LWWReg { val: lease, marker });
                         let new = &slot.reg.val;
                         // Only moves a deadline later, of a lease live at the last update?
-                        let extends = !old.val.is_deregistration()
-                            && !new.is_deregistration()
-                            && old.val.ttl_ms == new.ttl_ms
-                            && old.val.meta == new.meta
-                            && new.deadline_ms >= old.val.deadline_ms
+                        let extends = old.val.extended_by(new)
                             && self
                                 .changes
                                 .view_ms
@@ -232,11 +228,7 @@ impl Registry {
                     }
                     // A deadline that moves earlier (a renewal from a node whose clock lags,
                     // or a shorter TTL) changes when the view next changes on its own.
-                    !(cur.is_live(now_ms)
-                        && lease.is_live(now_ms)
-                        && cur.ttl_ms == lease.ttl_ms
-                        && cur.meta == lease.meta
-                        && lease.deadline_ms >= cur.deadline_ms)
+                    !(cur.is_live(now_ms) && lease.is_live(now_ms) && cur.extended_by(lease))
                 }
             },
             _ => true,

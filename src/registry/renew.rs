@@ -24,13 +24,7 @@ pub fn defer_until(
     now_ms: u64,
     margin_ms: u64,
 ) -> Option<u64> {
-    let same = ours
-        && !current.is_deregistration()
-        && !new.is_deregistration()
-        && current.ttl_ms == new.ttl_ms
-        && current.meta == new.meta
-        && new.deadline_ms >= current.deadline_ms;
-    if !same {
+    if !(ours && current.extended_by(new)) {
         return None;
     }
     let flush_at = current
