@@ -7,11 +7,11 @@ use serde_json::{json, Map, Value};
 
 use super::{
     BackendAction, BackendFields, Command, Connect, FrontendAction, FrontendFields, InstanceArgs,
-    ListWhat, OutputArgs, RegisterArgs, RenderArgs,
+    OutputArgs, RegisterArgs, RenderArgs,
 };
 use crate::client::{Client, ClientError};
 
-fn client(c: &Connect) -> Result<Client, ClientError> {
+pub(super) fn client(c: &Connect) -> Result<Client, ClientError> {
     let credentials = c.credentials().map_err(ClientError::Setup)?;
     Client::with_credentials(&c.addrs, &credentials).map_err(ClientError::Setup)
 }
@@ -21,7 +21,7 @@ pub fn run_operator_command(command: Command) -> ExitCode {
     let result = match command {
         Command::Register(args) => register(args),
         Command::Deregister(args) => deregister(&args).map(|_| ()),
-        Command::List(args) => list(args.what, &args.output, args.app, args.version),
+        Command::List(args) => super::list::list(args.what, &args.output, args.app, args.version),
         Command::Members(out) => members(&out),
         Command::Status(out) => status(&out),
         Command::Backend(args) => client(&args.connect).and_then(|c| backend(&c, args.action)),
@@ -134,7 +134,7 @@ fn deregister(i: &InstanceArgs) -> Result<Value, ClientError> {
 }
 
 /// Prints rows as an aligned table.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -171,7 +171,7 @@ fn one_line(text: &str, max: usize) -> String {
     cut
 }
 
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -179,7 +179,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn print(out: &OutputArgs, value: &Value, as_table: impl FnOnce(&Value)) {
+pub(super) fn print(out: &OutputArgs, value: &Value, as_table: impl FnOnce(&Value)) {
     if out.json {
         println!(
             "{}",
@@ -188,85 +188,6 @@ fn print(out: &OutputArgs, value: &Value, as_table: impl FnOnce(&Value)) {
     } else {
         as_table(value);
     }
-}
-
-fn list(
-    what: ListWhat,
-    out: &OutputArgs,
-    app: Option<String>,
-    version: Option<String>,
-) -> Result<(), ClientError> {
-    let client = client(&out.connect)?;
-    match what {
-        ListWhat::Registrations => {
-            let mut query = Vec::new();
-            if let Some(a) = &app {
-                query.push(format!("app={a}"));
-            }
-            if let Some(v) = &version {
-                query.push(format!("version={v}"));
-            }
-            let path = format!("/v1/registrations?{}", query.join("&"));
-            let v = client.call("GET", &path, None)?;
-            print(out, &v, |v| {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        vec![
-                            s(&r["app"]),
-                            s(&r["version"]),
-                            format!("{}:{}", s(&r["host"]), s(&r["port"])),
-                            format!("{}ms", s(&r["ttl_ms"])),
-                            s(&r["expires"]),
-                        ]
-                    })
-                    .collect();
-                table(&["APP", "VERSION", "ADDRESS", "TTL", "EXPIRES"], rows);
-            });
-        }
-        ListWhat::Backends => {
-            let v = client.call("GET", "/v1/backends", None)?;
-            print(out, &v, |v| {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|b| {
-                        vec![
-                            s(&b["name"]),
-                            s(&b["app"]),
-                            s(&b["version"]),
-                            s(&b["balance"]),
-                            s(&b["mode"]),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "APP", "VERSION", "BALANCE", "MODE"], rows);
-            });
-        }
-        ListWhat::Frontends => {
-            let v = client.call("GET", "/v1/frontends", None)?;
-            print(out, &v, |v| {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|f| {
-                        vec![
-                            s(&f["name"]),
-                            s(&f["backend"]),
-                            s(&f["bind"]),
-                            s(&f["mode"]),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "BACKEND", "BIND", "MODE"], rows);
-            });
-        }
-    }
-    Ok(())
 }
 
 fn members(out: &OutputArgs) -> Result<(), ClientError> {
