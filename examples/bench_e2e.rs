@@ -1,8 +1,13 @@
 //! End-to-end benchmarks with a real `bender agent` (release build) and a real HAProxy on
-//! loopback, default template and default debounce (200 ms quiet, 1 s max):
-//! 1. time from a registration's 2xx until HAProxy routes a request to it (p50, p99);
-//! 2. time from the last of 10,000 registrations (2,000 backends of 5) until HAProxy runs the
-//!    config that holds them (render + check + swap + reload, verified).
+//! loopback, default template, default debounce, and the runtime API (`[template.runtime]`):
+//! 1. time from a registration's 2xx until HAProxy routes a request to it, and from a
+//!    deregistration's 2xx until it gets no new requests (p50, p99), with the reloads counted;
+//! 2. a burst of 1,000 registrations into 100 backends with free slots: time from the last 2xx
+//!    until HAProxy holds all of them, and the reloads it cost;
+//! 3. time from the last of 10,000 registrations (2,000 backends of 5) until HAProxy runs all
+//!    of them.
+//!
+//! Each is run twice: with the runtime API, and without (every change reloads), for comparison.
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_e2e` (needs haproxy).
 
@@ -100,8 +105,9 @@ fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     (status, v)
 }
 
-/// Starts HAProxy and one bender node rendering the default template into it.
-fn start(dir: &Path) -> (Procs, String) {
+/// Starts HAProxy and one bender node rendering the default template into it, with the
+/// runtime API or without.
+fn start(dir: &Path, runtime: bool) -> (Procs, String) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let d = dir.display();
@@ -111,6 +117,11 @@ fn start(dir: &Path) -> (Procs, String) {
     )
     .unwrap();
     let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
+    let runtime = if runtime {
+        format!(r#"runtime = {{ socket = "{d}/admin.sock", drain = "1s" }}"#)
+    } else {
+        String::new()
+    };
     std::fs::write(
         dir.join("bender.toml"),
         format!(
@@ -121,6 +132,7 @@ source = "{template}"
 destination = "{d}/haproxy.cfg"
 reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
 server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
+{runtime}
 vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
 "#
         ),
@@ -164,7 +176,14 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn registration_to_routed(base: &str) {
+/// HAProxy's master reload counter (`show proc`), asked through bender's status.
+fn reloads(base: &str) -> u64 {
+    call("GET", &format!("{base}/v1/status"), None).1["templates"][0]["reloads"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn registration_to_routed(base: &str, mode: &str) {
     let fe_port = free_port();
     call(
         "POST",
@@ -178,8 +197,22 @@ fn registration_to_routed(base: &str) {
             r#"{{"name":"www","backend":"web","bind":"127.0.0.1:{fe_port}"}}"#
         )),
     );
-    let mut latencies = Vec::new();
-    let mut previous: Option<u16> = None;
+    let first = app_server("s-first".into());
+    let body =
+        format!(r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{first},"ttl":"60s"}}"#);
+    call("POST", &format!("{base}/v1/registrations"), Some(&body));
+    let t0 = Instant::now();
+    while get(fe_port).as_deref() != Some("s-first") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the first server never routed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let reloads_before = reloads(base);
+    let mut joins = Vec::new();
+    let mut leaves = Vec::new();
+    let mut previous = ("s-first".to_string(), first);
     for i in 0..60 {
         let name = format!("s{i}");
         let port = app_server(name.clone());
@@ -189,38 +222,144 @@ fn registration_to_routed(base: &str) {
         let (status, _) = call("POST", &format!("{base}/v1/registrations"), Some(&body));
         assert_eq!(status, 200);
         let t0 = Instant::now();
-        loop {
-            if get(fe_port).as_deref() == Some(name.as_str()) {
-                break;
-            }
+        while get(fe_port).as_deref() != Some(name.as_str()) {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "{name} never routed"
             );
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
-        // Keep one or two servers in the backend so polling hits the new one quickly.
-        if let Some(p) = previous {
-            call(
-                "DELETE",
-                &format!("{base}/v1/registrations/web/1/127.0.0.1/{p}"),
-                None,
+        joins.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // The previous server leaves: time until 10 requests in a row go elsewhere (round
+        // robin over two servers: it is out of rotation), counted from the first of them.
+        let (status, _) = call(
+            "DELETE",
+            &format!("{base}/v1/registrations/web/1/127.0.0.1/{}", previous.1),
+            None,
+        );
+        assert_eq!(status, 200);
+        let t0 = Instant::now();
+        let mut run: Option<Duration> = None;
+        let mut in_a_row = 0;
+        while in_a_row < 10 {
+            let at = t0.elapsed();
+            if get(fe_port).as_deref() == Some(previous.0.as_str()) {
+                in_a_row = 0;
+                run = None;
+            } else {
+                in_a_row += 1;
+                run.get_or_insert(at);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} never left",
+                previous.0
             );
         }
-        previous = Some(port);
+        leaves.push(run.unwrap_or_default().as_secs_f64() * 1000.0);
+        previous = (name, port);
     }
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let reloads = reloads(base) - reloads_before;
+    for (what, v) in [
+        ("registration 2xx -> routed", &mut joins),
+        ("deregistration 2xx -> no new requests", &mut leaves),
+    ] {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{what} ({mode}): n={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+            v.len(),
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v[v.len() - 1]
+        );
+    }
+    println!("  reloads for those 120 membership changes ({mode}): {reloads}");
+}
+
+/// HAProxy's ready (not disabled) server lines in the config on disk.
+fn ready_servers_on_disk() -> usize {
+    std::fs::read_to_string("/tmp/bender-bench-e2e/haproxy.cfg")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.trim_start().starts_with("server ") && !l.contains(" disabled"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Ready slots HAProxy runs (`show servers state`, admin state without maintenance bits).
+fn ready_in_haproxy(dir: &Path) -> usize {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")) else {
+        return 0;
+    };
+    let _ = s.write_all(b"show servers state\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 6 && f[6].parse::<u32>().is_ok_and(|a| a & 0x63 == 0)
+        })
+        .count()
+}
+
+fn burst_of_1000(base: &str, dir: &Path, mode: &str) {
+    for b in 0..100 {
+        let (s, _) = call(
+            "POST",
+            &format!("{base}/backends"),
+            Some(&format!(
+                r#"{{"name":"burst{b}","app":"burst{b}","version":"1"}}"#
+            )),
+        );
+        assert_eq!(s, 201);
+    }
+    let t0 = Instant::now();
+    while ready_in_haproxy(dir) != 0
+        || !status_ok(base)
+        || t0.elapsed() < Duration::from_millis(1500)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the backends never applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = reloads(base);
+    let started = Instant::now();
+    for b in 0..100 {
+        for s in 0..10 {
+            let body = format!(
+                r#"{{"app":"burst{b}","version":"1","host":"10.9.{b}.{}","port":8080,"ttl":"10m"}}"#,
+                s + 1
+            );
+            let (st, _) = call("POST", &format!("{base}/v1/registrations"), Some(&body));
+            assert_eq!(st, 200);
+        }
+    }
+    let last = Instant::now();
+    while ready_in_haproxy(dir) < 1000 {
+        assert!(
+            last.elapsed() < Duration::from_secs(30),
+            "the burst never applied"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let applied = last.elapsed();
     println!(
-        "registration 2xx -> routed by HAProxy (default debounce): n={} p50={:.0}ms p99={:.0}ms max={:.0}ms",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1]
+        "burst of 1,000 registrations into 100 backends ({mode}): sent over HTTP in {:.0}ms; last 2xx -> all 1,000 in HAProxy: {:.0}ms; reloads: {}",
+        (last - started).as_secs_f64() * 1000.0,
+        applied.as_secs_f64() * 1000.0,
+        reloads(base) - before
     );
 }
 
-fn ten_thousand_servers(base: &str) {
+fn status_ok(base: &str) -> bool {
+    call("GET", &format!("{base}/v1/status"), None).1["templates"][0]["ok"] == true
+}
+
+fn ten_thousand_servers(base: &str, dir: &Path, mode: &str) {
     let status = |base: &str| call("GET", &format!("{base}/v1/status"), None).1;
     for b in 0..2000 {
         let (s, _) = call(
@@ -265,15 +404,15 @@ fn ten_thousand_servers(base: &str) {
         let st = status(base);
         let t = &st["templates"][0];
         let reloads = t["reloads"].as_u64().unwrap_or(0);
-        let on_disk = std::fs::read_to_string("/tmp/bender-bench-e2e/haproxy.cfg")
-            .map(|c| c.matches("\n    server ").count())
-            .unwrap_or(0);
-        if reloads > before && on_disk >= 10_000 && t["ok"] == true {
+        let on_disk = ready_servers_on_disk();
+        if on_disk >= 10_000 && ready_in_haproxy(dir) >= 10_000 && t["ok"] == true {
             let done = t_last.elapsed();
             println!(
-                "10,000 servers (2,000 backends): registered over HTTP in {:.2}s; last 2xx -> HAProxy running them: {:.0}ms (render {:.0}ms, haproxy -c {:.0}ms of the last apply)",
+                "10,000 servers (2,000 backends, {mode}): registered over HTTP in {:.2}s; last 2xx -> HAProxy running them: {:.0}ms (reloads {}, runtime updates {}; render {:.0}ms, haproxy -c {:.0}ms of the last reload)",
                 registering.as_secs_f64(),
                 done.as_secs_f64() * 1000.0,
+                reloads - before,
+                t["runtime_updates"].as_u64().unwrap_or(0),
                 t["last_render_seconds"].as_f64().unwrap_or(0.0) * 1000.0,
                 t["last_check_seconds"].as_f64().unwrap_or(0.0) * 1000.0,
             );
@@ -289,13 +428,19 @@ fn ten_thousand_servers(base: &str) {
 
 fn main() {
     let dir = PathBuf::from("/tmp/bender-bench-e2e");
-    {
-        let (_procs, base) = start(&dir);
-        registration_to_routed(&base);
-    }
-    {
-        let (_procs, base) = start(&dir);
-        ten_thousand_servers(&base);
+    for (runtime, mode) in [(true, "runtime API"), (false, "reloads")] {
+        {
+            let (_procs, base) = start(&dir, runtime);
+            registration_to_routed(&base, mode);
+        }
+        {
+            let (_procs, base) = start(&dir, runtime);
+            burst_of_1000(&base, &dir, mode);
+        }
+        {
+            let (_procs, base) = start(&dir, runtime);
+            ten_thousand_servers(&base, &dir, mode);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

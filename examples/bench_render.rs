@@ -103,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         reload: ReloadConfig::None,
         vars,
         server_state: None,
+        slot_block: 10,
+        runtime: None,
     };
     println!(
         "{:>8} {:>10} {:>12} {:>12} {:>10}",

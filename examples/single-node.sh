@@ -37,6 +37,7 @@ source = "templates/haproxy.cfg.tera"
 destination = "$dir/haproxy.cfg"
 reload = { method = "master-socket", socket = "$dir/master.sock" }
 server_state = { socket = "$dir/admin.sock", file = "$dir/server-state" }
+runtime = { socket = "$dir/admin.sock", drain = "2s" }
 # Not running as root in a package: no chroot, no user switch, no syslog.
 vars = { stats_socket = "$dir/admin.sock", server_state_file = "$dir/server-state", chroot = "", user = "", group = "", log = "" }
 CFG

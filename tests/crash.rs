@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::haproxy::{cli, write_node_files, Haproxy, TempDir, TestServer};
+use common::haproxy::{
+    cli, master_reloads, served, write_node_files_with, Haproxy, TempDir, TestServer,
+};
 use common::{free_port, Http, Proc};
 use serde_json::Value;
 
@@ -24,12 +26,17 @@ struct Lb {
 
 impl Lb {
     fn new(tag: &str) -> Lb {
+        Self::with(tag, "")
+    }
+
+    fn with(tag: &str, template_extra: &str) -> Lb {
         let dir = TempDir::new(tag);
-        let config = write_node_files(
+        let config = write_node_files_with(
             &dir.0,
             // Changes wait longer than the snapshot (every second) before they are applied, so
             // that what the killed node was applying is still there when it restarts.
-            "warmup = \"1s\"\n[apply]\ndebounce_quiet = \"1500ms\"\ndebounce_max = \"2s\"\nprobe_interval = \"200ms\"\nretry_failed_after = \"1s\"",
+            "warmup = \"1s\"\n[apply]\ndebounce_quiet = \"1500ms\"\ndebounce_max = \"2s\"\ndebounce_runtime = \"1500ms\"\nprobe_interval = \"200ms\"\nretry_failed_after = \"1s\"",
+            template_extra,
         );
         let haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
         Lb {
@@ -195,6 +202,88 @@ fn killed_at(point: &str) {
     );
     assert!(Path::new(&lb.dir.0.join(".haproxy.cfg.bender-last-good")).exists());
     drop(node);
+}
+
+/// Killed after HAProxy took a new server through the runtime API, before the file says so:
+/// the restarted node takes HAProxy's slots as they are and writes the file, with no reload.
+#[test]
+fn killed_after_the_runtime_commands_before_the_file_is_written() {
+    let lb = Lb::with(
+        "runtime-after-commands",
+        r#"runtime = { socket = "{dir}/admin.sock", drain = "1s" }"#,
+    );
+    let (a, b) = (TestServer::start("a"), TestServer::start("b"));
+    let port = free_port();
+    let http = Http::new();
+    let node = lb.start(None);
+    for (path, body) in [
+        (
+            "/backends",
+            r#"{"name":"web","app":"web","version":"1"}"#.to_string(),
+        ),
+        (
+            "/frontends",
+            format!(r#"{{"name":"www","backend":"web","bind":"127.0.0.1:{port}"}}"#),
+        ),
+    ] {
+        let r = http.post_json(&lb.url(path), &body);
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let reg = |s: &TestServer| {
+        let body = format!(
+            r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{},"ttl":"1h"}}"#,
+            s.port
+        );
+        let r = http.post_json(&lb.url("/v1/registrations"), &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    reg(&a);
+    common::wait_until(WAIT, "the runtime API path to be open", || {
+        let s = http.get(&lb.url("/v1/status"));
+        s.body["templates"][0]["runtime_ready"] == Value::Bool(true)
+            && lb.file().contains(&format!("127.0.0.1:{}", a.port))
+    });
+    let mut node = node;
+    assert!(node.terminate().success());
+    let reloads = master_reloads(&lb.dir.0.join("master.sock")).unwrap();
+    let mut node = lb.start(Some("render.runtime.after_commands=return"));
+    reg(&b);
+    let status = wait_exit(&mut node);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed after the runtime commands: {status}"
+    );
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    assert!(
+        !lb.file().contains(&b_addr),
+        "the file was written before the crash"
+    );
+    assert_eq!(
+        served_by_both(port, "a", "b"),
+        Some(()),
+        "HAProxy took b at run time"
+    );
+    let node = lb.start(None);
+    common::wait_until(WAIT, "the file to catch up with HAProxy", || {
+        let s = http.get(&lb.url("/v1/status"));
+        let file = lb.file();
+        s.body["templates"][0]["ok"] == Value::Bool(true)
+            && file.contains(&b_addr)
+            && lb.running() == stamp_of(&file)
+    });
+    assert_eq!(
+        master_reloads(&lb.dir.0.join("master.sock")),
+        Some(reloads),
+        "a restart after the runtime commands reloaded HAProxy"
+    );
+    drop(node);
+}
+
+/// Whether requests through `port` reach both `a` and `b` (within 40 requests).
+fn served_by_both(port: u16, a: &str, b: &str) -> Option<()> {
+    let seen: std::collections::BTreeSet<String> = (0..40).filter_map(|_| served(port)).collect();
+    (seen.contains(a) && seen.contains(b)).then_some(())
 }
 
 #[test]

@@ -148,8 +148,7 @@ fn every_client_field_refuses_the_injection_corpus_before_any_template_sees_it()
         Duration::from_secs(20),
         "the valid state is rendered",
         || {
-            std::fs::read_to_string(&rendered)
-                .is_ok_and(|t| t.contains("server web-1-127.0.0.1-9000"))
+            std::fs::read_to_string(&rendered).is_ok_and(|t| t.contains(" 127.0.0.1:9000 weight "))
                 && http.get(&status_url).body["templates"][0]["ok"] == true
         },
     );

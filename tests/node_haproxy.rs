@@ -71,7 +71,11 @@ fn a_burst_of_200_registrations_reloads_haproxy_at_most_twice_plus_once_per_furt
                 return false;
             };
             let text = String::from_utf8_lossy(&bytes);
-            let servers = text.matches("\n    server ").count();
+            // Ready slots: `server` lines that are not `disabled` (spare slots are).
+            let servers = text
+                .lines()
+                .filter(|l| l.starts_with("    server ") && !l.contains(" disabled"))
+                .count();
             // The version the file is stamped with (`description bender-config:<version>`).
             let version = text
                 .lines()

@@ -64,7 +64,7 @@ fn a_write_haproxy_would_refuse_is_a_400_with_haproxys_words_and_is_not_stored()
         "the server is rendered",
         || {
             std::fs::read_to_string(dir.0.join("haproxy.cfg"))
-                .is_ok_and(|t| t.contains("server web-1-127.0.0.1-9000"))
+                .is_ok_and(|t| t.contains(" 127.0.0.1:9000 weight "))
         },
     );
     // TLS to the servers without `verify none`: HAProxy wants a CA file. The field is named.

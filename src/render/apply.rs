@@ -12,8 +12,8 @@ use tracing::{debug, error, info, warn};
 use super::config::ReloadConfig;
 use super::error::RenderError;
 use super::sections::{self, EntityRef};
-use super::worker::{Failed, Worker, FIRST_RETRY};
-use super::{config_hash, context, files, reload, stamp};
+use super::worker::{Applied, Failed, Worker, FIRST_RETRY};
+use super::{config_hash, context, files, reload, slots, stamp};
 
 /// The version a config carries (its stamp), or its hash when it has none.
 pub(super) fn version_of(bytes: &[u8]) -> String {
@@ -91,6 +91,11 @@ impl Worker {
         let quarantine = self.slots[i].quarantine.clone();
         let view = nv.clone();
         let resolver = self.resolver.clone();
+        let settings = self.slots[i].cfg.slot_settings();
+        let runtime = self.slots[i].cfg.runtime.is_some();
+        self.seed_slots(i).await;
+        let prev = self.slots[i].servers.clone();
+        let now_ms = self.now_ms();
         // Building the context, rendering and reading the current file are CPU and disk work:
         // keep them off the reactor.
         let render_started = Instant::now();
@@ -99,7 +104,7 @@ impl Worker {
             // DNS. Names no registration uses any more are forgotten.
             let resolve = |name: &str| resolver.address(name);
             let names = context::Names::Resolved(&resolve);
-            let (ctx, excluded) =
+            let (mut ctx, excluded) =
                 context::build_without(&node_id, &view, &vars, snippets, &quarantine, &names);
             let hosts: std::collections::BTreeSet<&str> = view
                 .served()
@@ -107,10 +112,18 @@ impl Worker {
                 .filter(|h| h.parse::<std::net::IpAddr>().is_err())
                 .collect();
             resolver.retain(&hosts);
+            // Servers keep the slots they had.
+            let table = slots::assign(&prev, &slots::wanted_of(&ctx.backends), now_ms, &settings);
+            context::fill_slots(&mut ctx, &table);
             let text = compiled.render(&ctx)?;
-            let (stamped, version) = stamp::stamp(&text);
+            let (stamped, version) = if runtime {
+                let structure = compiled.render(&context::structure_of(&ctx))?;
+                stamp::stamp_as(&text, config_hash(structure.as_bytes()))
+            } else {
+                stamp::stamp(&text)
+            };
             let current = files::read_current(&render_dest)?;
-            Ok::<_, RenderError>((stamped.into_bytes(), version, current, excluded))
+            Ok::<_, RenderError>((stamped.into_bytes(), version, current, excluded, table))
         })
         .await;
         let render_seconds = render_started.elapsed().as_secs_f64();
@@ -119,7 +132,7 @@ impl Worker {
             s.last_render_seconds = Some(render_seconds);
             s.render_durations.observe(render_seconds);
         });
-        let (bytes, version, current, excluded) = match rendered {
+        let (bytes, version, current, excluded, table) = match rendered {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.render_failed(i, e.to_string());
@@ -141,13 +154,14 @@ impl Worker {
             }
         });
         let hash = version;
+        self.slots[i].servers = table.clone();
         // What HAProxy runs, as last seen (None: it cannot be asked, or runs no stamped config).
         let running = self.slots[i].running.clone();
         let same_file = current.as_deref() == Some(bytes.as_slice());
         if same_file && running.as_ref().is_some_and(|r| *r != hash) {
             // The file is current but HAProxy runs something else: a crash between rename and
             // reload, or a reload that did not take. Reload what is on disk.
-            return self.reload_only(i, hash, bytes).await;
+            return self.reload_only(i, hash, bytes, table).await;
         }
         if same_file {
             // Same bytes as on disk: nothing to write, nothing to reload.
@@ -159,6 +173,12 @@ impl Worker {
             });
             return Round::Done;
         }
+        // Only servers changed within their slots, and HAProxy runs this structure: the runtime
+        // API, no reload. Otherwise (or if that fails), a reload, and the reason is counted.
+        let reason = match self.try_runtime(i, &table, &bytes, &hash).await {
+            Ok(()) => return Round::Done,
+            Err(reason) => reason,
+        };
         let attempts = match &self.slots[i].last_failed {
             Some(f) if f.hash == hash && Instant::now() < f.retry_at => {
                 debug!(template = %name, hash = %hash, "render: skipping a render that failed recently");
@@ -172,6 +192,9 @@ impl Worker {
             s.last_apply = Some(SystemTime::now());
         });
         let started = Instant::now();
+        self.set_status(i, |s| {
+            *s.reload_reasons.entry(reason.label()).or_default() += 1
+        });
         match self.put_in_place(i, &bytes, &hash).await {
             Ok(verified) => {
                 self.keep_last_good(i, &bytes, verified).await;
@@ -181,9 +204,13 @@ impl Worker {
                 if verified {
                     slot.running = Some(hash.clone());
                 }
+                slot.applied = (runtime && verified).then(|| Applied {
+                    version: hash.clone(),
+                    table,
+                });
                 info!(template = %name, destination = %dest.display(), hash = %hash,
                     verified, elapsed_ms = started.elapsed().as_millis() as u64,
-                    "render: applied a new config");
+                    reload_reason = %reason, "render: applied a new config");
                 if !verified {
                     warn!(template = %name,
                         "render: reload sent but not verified (no master socket configured)");
@@ -393,7 +420,7 @@ impl Worker {
             return Ok(true);
         }
         if let Some(state) = &cfg.server_state {
-            if let Err(e) = reload::save_server_state(state).await {
+            if let Err(e) = reload::save_server_state(state, &self.slots[i].servers).await {
                 // Not fatal: the new worker then starts with every server assumed up.
                 warn!(template = %cfg.name, error = %e, "render: cannot save server state before reload");
             }
@@ -415,7 +442,13 @@ impl Worker {
     }
 
     /// Reloads the config already on disk (HAProxy runs another one) and verifies it.
-    async fn reload_only(&mut self, i: usize, version: String, bytes: Vec<u8>) -> Round {
+    pub(super) async fn reload_only(
+        &mut self,
+        i: usize,
+        version: String,
+        bytes: Vec<u8>,
+        table: slots::Table,
+    ) -> Round {
         if self.slots[i]
             .last_failed
             .as_ref()
@@ -435,6 +468,10 @@ impl Worker {
                 slot.last_good = Some(bytes);
                 slot.last_failed = None;
                 slot.running = verified.then_some(version.clone());
+                slot.applied = (verified && slot.cfg.runtime.is_some()).then(|| Applied {
+                    version: version.clone(),
+                    table,
+                });
                 info!(template = %name, hash = %version, verified, "render: HAProxy runs the config on disk again");
                 self.set_status(i, |s| {
                     s.error = None;
@@ -469,7 +506,7 @@ impl Worker {
 
     /// Keeps a copy of a config HAProxy was seen to run, beside the target, for a restarted
     /// node to put back (only verified ones: an unverified reload may not have taken).
-    async fn keep_last_good(&self, i: usize, bytes: &[u8], verified: bool) {
+    pub(super) async fn keep_last_good(&self, i: usize, bytes: &[u8], verified: bool) {
         if !verified {
             return;
         }

@@ -42,6 +42,37 @@ pub struct TemplateConfig {
     /// `load-server-state-from-file` can restore it in the new worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_state: Option<ServerStateConfig>,
+    /// Each backend's servers sit in `be.slots`: a multiple of this many slots, the spare ones
+    /// empty (in maintenance), so a server can join without a new `server` line.
+    #[serde(default = "default_slot_block")]
+    pub slot_block: usize,
+    /// Servers that join, leave or change weight within their backend's slots are changed
+    /// through HAProxy's runtime API, with no reload. Only for templates that render
+    /// `be.slots` (see docs/templates.md); absent, every change reloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeConfig>,
+}
+
+/// The runtime API path of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The worker's stats socket (`stats socket ... level admin` in `global`).
+    pub socket: PathBuf,
+    /// How long a server that left (deregistered or expired) keeps draining, so in-flight and
+    /// keep-alive requests finish, before its slot goes to maintenance.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+/// The largest `slot_block`: more spare slots than this per block only costs HAProxy memory.
+pub const MAX_SLOT_BLOCK: usize = 1000;
+
+fn default_slot_block() -> usize {
+    10
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// How HAProxy is reloaded once a new config is in place.
@@ -89,6 +120,10 @@ pub struct ApplyConfig {
     /// ...or once the first unapplied change is this old, whichever comes first.
     #[serde(default = "default_debounce_max", with = "humantime_serde")]
     pub debounce_max: Duration,
+    /// The quiet period instead of `debounce_quiet` when every template has `runtime`: most
+    /// changes then cost a few runtime API commands, not a reload.
+    #[serde(default = "default_debounce_runtime", with = "humantime_serde")]
+    pub debounce_runtime: Duration,
     /// Longest a `check` command may run (`haproxy -c` takes ~1 s for 10,000 backends).
     #[serde(default = "default_check_timeout", with = "humantime_serde")]
     pub check_timeout: Duration,
@@ -111,6 +146,9 @@ pub struct ApplyConfig {
 fn default_debounce_quiet() -> Duration {
     Duration::from_millis(200)
 }
+fn default_debounce_runtime() -> Duration {
+    Duration::from_millis(10)
+}
 fn default_debounce_max() -> Duration {
     Duration::from_secs(1)
 }
@@ -132,6 +170,7 @@ impl Default for ApplyConfig {
         ApplyConfig {
             debounce_quiet: default_debounce_quiet(),
             debounce_max: default_debounce_max(),
+            debounce_runtime: default_debounce_runtime(),
             check_timeout: default_check_timeout(),
             reload_timeout: default_reload_timeout(),
             retry_failed_after: default_retry_failed_after(),
@@ -153,6 +192,13 @@ impl ApplyConfig {
             return Err(format!(
                 "apply.debounce_quiet = {:?} must not exceed apply.debounce_max = {:?}",
                 humantime::format_duration(self.debounce_quiet).to_string(),
+                humantime::format_duration(self.debounce_max).to_string()
+            ));
+        }
+        if self.debounce_runtime > self.debounce_max {
+            return Err(format!(
+                "apply.debounce_runtime = {:?} must not exceed apply.debounce_max = {:?}",
+                humantime::format_duration(self.debounce_runtime).to_string(),
                 humantime::format_duration(self.debounce_max).to_string()
             ));
         }
@@ -204,6 +250,18 @@ fn has_file_name(path: &Path) -> bool {
 }
 
 impl TemplateConfig {
+    /// How this template's slots are handed out: drains only where the runtime API is used
+    /// (with reloads, a leaver's slot is freed at once, as its `server` line was removed).
+    pub fn slot_settings(&self) -> super::slots::SlotSettings {
+        super::slots::SlotSettings {
+            block: self.slot_block.clamp(1, MAX_SLOT_BLOCK),
+            drain_ms: self
+                .runtime
+                .as_ref()
+                .map_or(0, |r| r.drain.as_millis().min(u64::MAX as u128) as u64),
+        }
+    }
+
     /// The validation command with its default applied.
     pub fn check_command(&self) -> Vec<String> {
         match &self.check {
@@ -289,6 +347,28 @@ impl TemplateConfig {
                 return Err(format!(
                     "{} has key {k:?}: keys must be identifiers (letters, digits, '_') so templates can write vars.{k}",
                     key("vars")
+                ));
+            }
+        }
+        if !(1..=MAX_SLOT_BLOCK).contains(&self.slot_block) {
+            return Err(format!(
+                "{} = {} must be 1 to {MAX_SLOT_BLOCK} (server slots are added in blocks of this many)",
+                key("slot_block"),
+                self.slot_block
+            ));
+        }
+        if let Some(rt) = &self.runtime {
+            if rt.socket.as_os_str().is_empty() {
+                return Err(format!(
+                    "{} must be the worker's stats socket (stats socket ... level admin), e.g. \"/run/haproxy/admin.sock\"",
+                    key("runtime.socket")
+                ));
+            }
+            if rt.drain > Duration::from_secs(3600) {
+                return Err(format!(
+                    "{} = {:?} must be at most 1h",
+                    key("runtime.drain"),
+                    humantime::format_duration(rt.drain).to_string()
                 ));
             }
         }

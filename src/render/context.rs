@@ -19,6 +19,8 @@ use crate::cluster::NodeView;
 use crate::model::{self, Backend, Balance, Frontend, HealthCheck, Mode, Snippets};
 use crate::registry::LiveRegistration;
 
+use super::slots;
+
 /// Everything a template sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RenderContext {
@@ -81,6 +83,27 @@ pub struct BackendCtx {
     pub extra: Vec<String>,
     /// Live registrations of app@version, sorted by (host, port).
     pub servers: Vec<ServerCtx>,
+    /// The backend's server slots (see `slots.rs`): every live server in the slot it keeps
+    /// while it lives, a server that left draining in its slot, the spare ones empty. A
+    /// template that renders these (and not `servers`) lets membership changes go through
+    /// HAProxy's runtime API without a reload.
+    pub slots: Vec<SlotCtx>,
+}
+
+/// One server slot, as a `server` line renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotCtx {
+    /// `slot1`, `slot2`, ...: the server's name in HAProxy.
+    pub name: String,
+    /// `host:port` (IPv6 in brackets); `127.0.0.1:1` for an empty slot.
+    pub address: String,
+    pub host: String,
+    pub port: u16,
+    /// The server's weight (`meta.weight`, default 1).
+    pub weight: u16,
+    /// "ready" (a live server), "drain" (a server that left, finishing its requests) or
+    /// "maint" (empty). Anything but ready renders as `disabled`.
+    pub state: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -195,6 +218,7 @@ fn backend(by_app: &ByApp<'_>, b: &Backend) -> BackendCtx {
             .get(&(b.app.as_str(), b.version.as_str()))
             .map(|regs| regs.iter().map(|(r, ip)| server(r, *ip)).collect())
             .unwrap_or_default(),
+        slots: Vec::new(),
     }
 }
 
@@ -431,5 +455,47 @@ fn build_inner(
             .collect(),
         vars: vars.clone(),
     };
+    let mut ctx = ctx;
+    // Slots as a fresh node would hand them out; the apply stage re-assigns them from what
+    // HAProxy runs, so that servers keep their slots.
+    fresh_slots(&mut ctx, &DEFAULT_SLOTS);
     (ctx, screened.excluded)
+}
+
+/// Slots as a template without settings of its own gets them.
+const DEFAULT_SLOTS: slots::SlotSettings = slots::SlotSettings {
+    block: 10,
+    drain_ms: 0,
+};
+
+/// Hands out every backend's slots afresh (no earlier table) with `settings`.
+pub fn fresh_slots(ctx: &mut RenderContext, settings: &slots::SlotSettings) {
+    let table = slots::assign(
+        &slots::Table::default(),
+        &slots::wanted_of(&ctx.backends),
+        0,
+        settings,
+    );
+    fill_slots(ctx, &table);
+}
+
+/// Sets every backend's `slots` from `table`.
+pub fn fill_slots(ctx: &mut RenderContext, table: &slots::Table) {
+    for b in &mut ctx.backends {
+        b.slots = table
+            .backends
+            .get(&b.name)
+            .map(|s| slots::slot_ctxs(s))
+            .unwrap_or_default();
+    }
+}
+
+/// The context with every slot's runtime fields blanked: what renders from it is the config's
+/// structure, the same for any two contexts whose differences the runtime API can apply.
+pub fn structure_of(ctx: &RenderContext) -> RenderContext {
+    let mut out = ctx.clone();
+    for b in &mut out.backends {
+        b.slots = slots::blank_ctxs(b.slots.len());
+    }
+    out
 }

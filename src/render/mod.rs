@@ -15,6 +15,7 @@
 //! `reload` (reload methods and `show proc`), `worker` (the task: debounce, watch, apply).
 
 mod apply;
+mod apply_runtime;
 mod config;
 mod context;
 mod durations;
@@ -24,7 +25,9 @@ mod preflight;
 mod process;
 mod reload;
 mod resolve;
+mod runtime;
 pub mod sections;
+pub mod slots;
 mod stamp;
 mod status;
 mod template;
@@ -42,17 +45,18 @@ use crate::shutdown::Shutdown;
 use crate::supervise::{self, Failures};
 
 pub use config::{
-    validate_templates, ApplyConfig, ReloadConfig, ServerStateConfig, TemplateConfig,
-    CHECK_PLACEHOLDER,
+    validate_templates, ApplyConfig, ReloadConfig, RuntimeConfig, ServerStateConfig,
+    TemplateConfig, CHECK_PLACEHOLDER,
 };
 pub use context::{
     BackendCtx, Excluded, FrontendCtx, MemberCtx, NodeCtx, RegistrationCtx, RenderContext, RuleCtx,
-    ServerCtx,
+    ServerCtx, SlotCtx,
 };
 pub use durations::Durations;
 pub use error::RenderError;
 pub use preflight::{Change, Preflight, Refusal};
-pub use status::TemplateStatus;
+pub use runtime::ServerStatus;
+pub use status::{ServerView, TemplateStatus};
 pub use template::haproxy_quote;
 
 /// A handle on the render task: cheap to clone, readable from any thread.
@@ -176,7 +180,8 @@ pub fn render_once_screened(
         .iter()
         .map(|t| {
             let compiled = template::load(&t.source)?;
-            let (ctx, left_out) = context::build_screened(node_id, nv, &t.vars, snippets);
+            let (mut ctx, left_out) = context::build_screened(node_id, nv, &t.vars, snippets);
+            context::fresh_slots(&mut ctx, &t.slot_settings());
             excluded = left_out;
             let text = compiled.render(&ctx)?;
             Ok((t.name.clone(), text))

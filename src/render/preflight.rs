@@ -108,10 +108,11 @@ async fn render_and_check(
     resolver: super::resolve::Resolver,
 ) -> Result<(String, Option<String>), RenderError> {
     let vars = cfg.vars.clone();
+    let settings = cfg.slot_settings();
     let text = tokio::task::spawn_blocking(move || {
         let resolve = |name: &str| resolver.address(name);
         let names = context::Names::Resolved(&resolve);
-        let (ctx, _) = context::build_without(
+        let (mut ctx, _) = context::build_without(
             &node_id,
             &nv,
             &vars,
@@ -119,6 +120,7 @@ async fn render_and_check(
             &context::Quarantine::new(),
             &names,
         );
+        context::fresh_slots(&mut ctx, &settings);
         compiled.render(&ctx)
     })
     .await

@@ -384,7 +384,13 @@ pub(crate) async fn wait_for_version(
 
 /// Saves the running worker's server state to the `server-state-file`, so the next worker
 /// starts with the same health and weights instead of assuming every server is up.
-pub(crate) async fn save_server_state(cfg: &ServerStateConfig) -> Result<(), String> {
+///
+/// Only what the new config's slots agree with is kept (`runtime::filter_saved_state`): the
+/// file would otherwise put a server the new config moved or freed back as it was.
+pub(crate) async fn save_server_state(
+    cfg: &ServerStateConfig,
+    slots: &super::slots::Table,
+) -> Result<(), String> {
     let state = cli(&cfg.socket, "show servers state").await?;
     // The dump starts with a format version line ("1"); anything else is an error message.
     if !state.starts_with('1') {
@@ -393,6 +399,7 @@ pub(crate) async fn save_server_state(cfg: &ServerStateConfig) -> Result<(), Str
             state.lines().next().unwrap_or("")
         ));
     }
+    let state = super::runtime::filter_saved_state(&state, slots);
     let file = cfg.file.clone();
     tokio::task::spawn_blocking(move || files::write_atomic(&file, state.as_bytes()))
         .await

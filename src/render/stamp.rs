@@ -12,7 +12,13 @@ const PREFIX: &str = "bender-config:";
 /// Returns the stamped text and the version (the hash of the unstamped text). A config without
 /// a `global` section is returned as it is: its version cannot be read back from HAProxy.
 pub fn stamp(text: &str) -> (String, String) {
-    let version = config_hash(text.as_bytes());
+    stamp_as(text, config_hash(text.as_bytes()))
+}
+
+/// Stamps `text` with a version of the caller's: a template using the runtime API is stamped
+/// with the hash of its structure (the render with every slot blanked), so a change HAProxy
+/// takes at run time leaves the version it runs, the one `show info` reports, unchanged.
+pub fn stamp_as(text: &str, version: String) -> (String, String) {
     let mut out = String::with_capacity(text.len() + 64);
     let mut done = false;
     for line in text.split_inclusive('\n') {

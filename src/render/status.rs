@@ -1,5 +1,6 @@
 //! The state of each template, as `/v1/status` and `/metrics` show it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -8,6 +9,19 @@ use serde::Serialize;
 use super::config::TemplateConfig;
 use super::context;
 use super::durations::Durations;
+use super::runtime::ServerStatus;
+
+/// One server as HAProxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerView {
+    pub backend: String,
+    /// The slot (`slot3`).
+    pub server: String,
+    /// `host:port` as HAProxy has it.
+    pub address: String,
+    /// UP, DOWN (failing its health checks), MAINT or DRAIN.
+    pub status: ServerStatus,
+}
 
 /// The state of one template as the status endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +69,26 @@ pub struct TemplateStatus {
     /// Every validation's duration, for `/metrics` (not in the JSON status).
     #[serde(skip)]
     pub check_durations: Durations,
+    /// Whether the next change of servers within their slots can go through the runtime API:
+    /// HAProxy was confirmed running this template's structure and slots.
+    pub runtime_ready: bool,
+    /// Changes applied through HAProxy's runtime API, with no reload (read back and
+    /// confirmed).
+    pub runtime_updates: u64,
+    /// Runtime API updates that failed or were not confirmed by the read-back (each fell back
+    /// to a reload).
+    pub runtime_failures: u64,
+    /// Servers HAProxy was found running differently from bender's slots (changed by hand on
+    /// the stats socket, say) and set back.
+    pub drift_repairs: u64,
+    /// Reloads by why the change could not go through the runtime API.
+    pub reload_reasons: BTreeMap<&'static str, u64>,
+    /// HAProxy's own view of each occupied slot (`show servers state`), where the runtime API
+    /// is configured: refreshed at every runtime update and every probe.
+    pub servers: Vec<ServerView>,
+    /// Every runtime update's duration (commands and read-back), for `/metrics`.
+    #[serde(skip)]
+    pub runtime_durations: Durations,
     #[serde(with = "humantime_serde")]
     pub last_apply: Option<SystemTime>,
     #[serde(with = "humantime_serde")]
@@ -83,6 +117,13 @@ impl TemplateStatus {
             last_check_seconds: None,
             render_durations: Durations::default(),
             check_durations: Durations::default(),
+            runtime_ready: false,
+            runtime_updates: 0,
+            runtime_failures: 0,
+            drift_repairs: 0,
+            reload_reasons: BTreeMap::new(),
+            servers: Vec::new(),
+            runtime_durations: Durations::default(),
             last_apply: None,
             last_success: None,
         }

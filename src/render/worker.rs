@@ -18,7 +18,7 @@ use super::error::RenderError;
 use super::resolve::Resolver;
 use super::status::TemplateStatus;
 use super::template::Compiled;
-use super::{files, reload, template};
+use super::{files, reload, slots, template};
 use crate::cluster::NodeView;
 use crate::model::Snippets;
 use crate::shutdown::Shutdown;
@@ -40,6 +40,20 @@ pub(super) struct Slot {
     pub(super) quarantine: Quarantine,
     /// The config version HAProxy was last seen to run (None: unknown, or unstamped).
     pub(super) running: Option<String>,
+    /// The server slots of the last render: each server keeps its slot from one render to the
+    /// next. Seeded from HAProxy at the first render where the runtime API is configured.
+    pub(super) servers: slots::Table,
+    pub(super) seeded: bool,
+    /// What HAProxy was last confirmed to run, for the runtime API path; None when unknown (no
+    /// runtime API, nothing confirmed yet, or a failure since): the next change reloads.
+    pub(super) applied: Option<Applied>,
+}
+
+/// A config structure HAProxy runs and the slots it was confirmed to hold.
+#[derive(Debug, Clone)]
+pub(super) struct Applied {
+    pub(super) version: String,
+    pub(super) table: slots::Table,
 }
 
 /// A render that failed to apply, and when it may be tried again.
@@ -76,8 +90,8 @@ impl Debounce {
         self.first.get_or_insert(now);
         self.last = Some(now);
     }
-    fn deadline(&self, s: &ApplyConfig) -> Option<Instant> {
-        Some((self.last? + s.debounce_quiet).min(self.first? + s.debounce_max))
+    fn deadline(&self, s: &ApplyConfig, quiet: std::time::Duration) -> Option<Instant> {
+        Some((self.last? + quiet).min(self.first? + s.debounce_max))
     }
     fn clear(&mut self) {
         *self = Debounce::default();
@@ -94,6 +108,8 @@ pub(crate) struct Worker {
     pub(super) snippets: Snippets,
     pub(super) slots: Vec<Slot>,
     pub(super) status: Arc<Mutex<Vec<TemplateStatus>>>,
+    /// The origin of the clock slot drains are timed on.
+    pub(super) epoch: Instant,
 }
 
 impl Worker {
@@ -116,6 +132,9 @@ impl Worker {
                 last_failed: None,
                 quarantine: Quarantine::new(),
                 running: None,
+                servers: slots::Table::default(),
+                seeded: false,
+                applied: None,
             })
             .collect();
         Worker {
@@ -126,6 +145,32 @@ impl Worker {
             snippets,
             slots,
             status,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds on the worker's clock (tokio's, so tests can pause it).
+    pub(super) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// When the next draining server's slot is to be freed, on tokio's clock.
+    fn next_drain_end(&self) -> Option<Instant> {
+        let ms = self
+            .slots
+            .iter()
+            .filter_map(|s| slots::next_drain_end(&s.servers))
+            .min()?;
+        Some(self.epoch + std::time::Duration::from_millis(ms))
+    }
+
+    /// The quiet period changes wait for: short when every template can take membership
+    /// changes at run time (a reload is then the exception), else `debounce_quiet`.
+    fn quiet(&self) -> std::time::Duration {
+        if !self.slots.is_empty() && self.slots.iter().all(|s| s.cfg.runtime.is_some()) {
+            self.settings.debounce_runtime
+        } else {
+            self.settings.debounce_quiet
         }
     }
 
@@ -175,7 +220,8 @@ impl Worker {
             debounce.mark(Instant::now());
         }
         loop {
-            let deadline = debounce.deadline(&self.settings);
+            let deadline = debounce.deadline(&self.settings, self.quiet());
+            let drain_end = self.next_drain_end();
             // A failed render is tried again when its back-off ends, even if nothing changes.
             let retry_at = self
                 .slots
@@ -216,6 +262,10 @@ impl Worker {
                     if self.probe_all().await && views.borrow().ready && deadline.is_none() {
                         debounce.mark(Instant::now());
                     }
+                    for i in 0..self.slots.len() {
+                        self.check_drift(i).await;
+                        self.show_runtime_ready(i);
+                    }
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && deadline.is_none() => {
                     debug!("render: retrying a config that failed to apply");
@@ -226,6 +276,10 @@ impl Worker {
                         }
                     }
                     debounce.mark(now);
+                }
+                _ = tokio::time::sleep_until(drain_end.unwrap_or_else(Instant::now)), if drain_end.is_some() && deadline.is_none() && views.borrow().ready => {
+                    // A draining server's time is up: its slot goes to maintenance.
+                    debounce.mark(Instant::now());
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     debounce.clear();
@@ -448,6 +502,17 @@ impl Worker {
     /// the check refuses it for reasons it can pin on entities, those are left out and the rest
     /// is tried again (up to [`MAX_QUARANTINE_ROUNDS`] times).
     async fn apply_one(&mut self, i: usize, nv: Arc<NodeView>) {
+        self.apply_rounds(i, nv).await;
+        self.show_runtime_ready(i);
+    }
+
+    /// The status says whether the runtime API path is open.
+    pub(super) fn show_runtime_ready(&self, i: usize) {
+        let ready = self.slots[i].applied.is_some();
+        self.set_status(i, |s| s.runtime_ready = ready);
+    }
+
+    async fn apply_rounds(&mut self, i: usize, nv: Arc<NodeView>) {
         for round in 0..=MAX_QUARANTINE_ROUNDS {
             match self.apply_round(i, nv.clone()).await {
                 Round::Done => return,
@@ -473,16 +538,17 @@ mod tests {
     fn debounce_waits_for_quiet_but_not_forever() {
         let s = ApplyConfig::default();
         let mut d = Debounce::default();
-        assert_eq!(d.deadline(&s), None);
+        let q = s.debounce_quiet;
+        assert_eq!(d.deadline(&s, q), None);
         let t0 = Instant::now();
         d.mark(t0);
-        assert_eq!(d.deadline(&s), Some(t0 + s.debounce_quiet));
+        assert_eq!(d.deadline(&s, q), Some(t0 + s.debounce_quiet));
         // Changes every 100 ms keep pushing the quiet deadline, until the maximum wait.
         for k in 1..20u32 {
             d.mark(t0 + k * std::time::Duration::from_millis(100));
         }
-        assert_eq!(d.deadline(&s), Some(t0 + s.debounce_max));
+        assert_eq!(d.deadline(&s, q), Some(t0 + s.debounce_max));
         d.clear();
-        assert_eq!(d.deadline(&s), None);
+        assert_eq!(d.deadline(&s, q), None);
     }
 }

@@ -152,7 +152,22 @@ pub(super) fn register_collectors(
             }
         }
         type Count = fn(&TemplateStatus) -> u64;
-        let counters: [(&str, &str, Count); 3] = [
+        let counters: [(&str, &str, Count); 6] = [
+            (
+                "runtime_updates",
+                "Server changes applied through HAProxy's runtime API, with no reload",
+                |s| s.runtime_updates,
+            ),
+            (
+                "runtime_failures",
+                "Runtime API updates that failed or were not confirmed (each fell back to a reload)",
+                |s| s.runtime_failures,
+            ),
+            (
+                "drift_repairs",
+                "Servers HAProxy ran differently from bender's slots, set back",
+                |s| s.drift_repairs,
+            ),
             (
                 "reloads",
                 "Reloads sent to HAProxy, including those that put the last good config back",
@@ -178,7 +193,12 @@ pub(super) fn register_collectors(
             }
         }
         type Spread = fn(&TemplateStatus) -> &crate::render::Durations;
-        let histograms: [(&str, &str, Spread); 2] = [
+        let histograms: [(&str, &str, Spread); 3] = [
+            (
+                "runtime_update_duration_seconds",
+                "How long runtime API updates take (commands and read-back)",
+                |s| &s.runtime_durations,
+            ),
             ("render_duration_seconds", "How long renders take", |s| {
                 &s.render_durations
             }),
@@ -204,6 +224,53 @@ pub(super) fn register_collectors(
                     &d.buckets,
                     None,
                 )?;
+            }
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct ReasonLabels {
+            template: String,
+            reason: &'static str,
+        }
+        let mut m = enc.encode_descriptor(
+            "reloads_by_reason",
+            "Reloads by why the change could not go through the runtime API",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for s in &all {
+            for (reason, n) in &s.reload_reasons {
+                let labels = ReasonLabels {
+                    template: s.name.clone(),
+                    reason,
+                };
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct ServerLabels {
+            template: String,
+            backend: String,
+            status: &'static str,
+        }
+        let mut m = enc.encode_descriptor(
+            "haproxy_servers",
+            "Occupied server slots by HAProxy's view of them (UP, DOWN, MAINT, DRAIN), per backend",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for s in &all {
+            let mut counts: std::collections::BTreeMap<(&str, &'static str), i64> =
+                std::collections::BTreeMap::new();
+            for v in &s.servers {
+                *counts.entry((v.backend.as_str(), v.status.as_str())).or_default() += 1;
+            }
+            for ((backend, status), n) in counts {
+                let labels = ServerLabels {
+                    template: s.name.clone(),
+                    backend: backend.to_string(),
+                    status,
+                };
+                ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
             }
         }
         type Pick = fn(&TemplateStatus) -> Option<f64>;

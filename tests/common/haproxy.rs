@@ -362,7 +362,13 @@ impl Drop for Haproxy {
 /// the default template into it, reloading through `dir/master.sock`. `extra` goes at the top
 /// of the bender config. Returns the bender config's path.
 pub fn write_node_files(dir: &Path, extra: &str) -> PathBuf {
+    write_node_files_with(dir, extra, "")
+}
+
+/// [`write_node_files`], with `template_extra` added to the `[[template]]` table.
+pub fn write_node_files_with(dir: &Path, extra: &str, template_extra: &str) -> PathBuf {
     let d = dir.display();
+    let template_extra = template_extra.replace("{dir}", &d.to_string());
     let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
     std::fs::write(
         dir.join("haproxy.cfg"),
@@ -381,6 +387,7 @@ destination = "{d}/haproxy.cfg"
 reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
 server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
 vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
+{template_extra}
 "#
     );
     let path = dir.join("bender.toml");

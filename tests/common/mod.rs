@@ -6,6 +6,7 @@ pub mod auth;
 pub mod haproxy;
 pub mod netns;
 pub mod pki;
+pub mod rig;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -197,6 +197,8 @@ fn default_template(vars: BTreeMap<String, String>) -> TemplateConfig {
         reload: ReloadConfig::None,
         vars,
         server_state: None,
+        slot_block: 10,
+        runtime: None,
     }
 }
 

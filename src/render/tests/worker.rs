@@ -151,6 +151,8 @@ async fn a_render_error_is_counted_apart_from_applies() {
         reload: ReloadConfig::None,
         vars: BTreeMap::new(),
         server_state: None,
+        slot_block: 10,
+        runtime: None,
     };
     let ready = |nv: NodeView| Arc::new(NodeView { ready: true, ..nv });
     let (tx, rx) = tokio::sync::watch::channel(ready(NodeView::default()));
