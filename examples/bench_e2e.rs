@@ -7,7 +7,7 @@
 //! 3. time from the last of 10,000 registrations (2,000 backends of 5) until HAProxy runs all
 //!    of them.
 //!
-//! Each is run twice: with the runtime API, and without (every change reloads), for comparison.
+//! 1 and 2 are run twice: with the runtime API, and without (every change reloads).
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_e2e` (needs haproxy).
 
@@ -160,7 +160,13 @@ vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state
         .args(["--api-listen", &format!("127.0.0.1:{api}")])
         .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
         .env("BENDER_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.with_extension("log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{api}");
@@ -212,6 +218,8 @@ fn registration_to_routed(base: &str, mode: &str) {
     let reloads_before = reloads(base);
     let mut joins = Vec::new();
     let mut leaves = Vec::new();
+    // Changes during which HAProxy reloaded (slots outgrown by draining servers, say), apart.
+    let mut with_reload = Vec::new();
     let mut previous = ("s-first".to_string(), first);
     for i in 0..60 {
         let name = format!("s{i}");
@@ -219,6 +227,7 @@ fn registration_to_routed(base: &str, mode: &str) {
         let body = format!(
             r#"{{"app":"web","version":"1","host":"127.0.0.1","port":{port},"ttl":"60s"}}"#
         );
+        let before = reloads(base);
         let (status, _) = call("POST", &format!("{base}/v1/registrations"), Some(&body));
         assert_eq!(status, 200);
         let t0 = Instant::now();
@@ -229,7 +238,12 @@ fn registration_to_routed(base: &str, mode: &str) {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        joins.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let took = t0.elapsed().as_secs_f64() * 1000.0;
+        if reloads(base) > before {
+            with_reload.push(took);
+        } else {
+            joins.push(took);
+        }
         // The previous server leaves: time until 10 requests in a row go elsewhere (round
         // robin over two servers: it is out of rotation), counted from the first of them.
         let (status, _) = call(
@@ -237,7 +251,7 @@ fn registration_to_routed(base: &str, mode: &str) {
             &format!("{base}/v1/registrations/web/1/127.0.0.1/{}", previous.1),
             None,
         );
-        assert_eq!(status, 200);
+        assert!((200..300).contains(&status), "deregistration: {status}");
         let t0 = Instant::now();
         let mut run: Option<Duration> = None;
         let mut in_a_row = 0;
@@ -261,9 +275,17 @@ fn registration_to_routed(base: &str, mode: &str) {
     }
     let reloads = reloads(base) - reloads_before;
     for (what, v) in [
-        ("registration 2xx -> routed", &mut joins),
+        ("registration 2xx -> routed, no reload", &mut joins),
+        (
+            "registration 2xx -> routed, with a reload",
+            &mut with_reload,
+        ),
         ("deregistration 2xx -> no new requests", &mut leaves),
     ] {
+        if v.is_empty() {
+            println!("{what} ({mode}): n=0");
+            continue;
+        }
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
             "{what} ({mode}): n={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
@@ -273,7 +295,12 @@ fn registration_to_routed(base: &str, mode: &str) {
             v[v.len() - 1]
         );
     }
-    println!("  reloads for those 120 membership changes ({mode}): {reloads}");
+    let st = call("GET", &format!("{base}/v1/status"), None).1;
+    let t = &st["templates"][0];
+    println!(
+        "  reloads for those 120 membership changes ({mode}): {reloads} (all reloads by reason: {}; runtime updates {}, failed {})",
+        t["reload_reasons"], t["runtime_updates"], t["runtime_failures"]
+    );
 }
 
 /// HAProxy's ready (not disabled) server lines in the config on disk.
@@ -285,6 +312,19 @@ fn ready_servers_on_disk() -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Server slots HAProxy runs, in any state.
+fn slots_in_haproxy(dir: &Path) -> usize {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")) else {
+        return 0;
+    };
+    let _ = s.write_all(b"show servers state\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" slot"))
+        .count()
 }
 
 /// Ready slots HAProxy runs (`show servers state`, admin state without maintenance bits).
@@ -315,8 +355,9 @@ fn burst_of_1000(base: &str, dir: &Path, mode: &str) {
         );
         assert_eq!(s, 201);
     }
+    // Settled: HAProxy runs all 100 backends (10 empty slots each) and nothing is pending.
     let t0 = Instant::now();
-    while ready_in_haproxy(dir) != 0
+    while slots_in_haproxy(dir) < 1000
         || !status_ok(base)
         || t0.elapsed() < Duration::from_millis(1500)
     {
@@ -437,7 +478,9 @@ fn main() {
             let (_procs, base) = start(&dir, runtime);
             burst_of_1000(&base, &dir, mode);
         }
-        {
+        // Creating the 2,000 backends one by one (each pre-checked with `haproxy -c`) takes
+        // minutes: measured once, with the runtime API.
+        if runtime {
             let (_procs, base) = start(&dir, runtime);
             ten_thousand_servers(&base, &dir, mode);
         }

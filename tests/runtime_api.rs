@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use bender::cluster::NodeView;
-use bender::render::ApplyConfig;
+use bender::render::{ApplyConfig, ServerStatus};
 
 use common::free_port;
 use common::haproxy::*;
@@ -329,4 +329,122 @@ fn more_servers_than_slots_reload_then_the_next_change_goes_through_the_runtime_
         (rig.status().runtime_updates > updates).then_some(())
     });
     assert_eq!(master_reloads(&rig.haproxy.master_socket), Some(reloads));
+}
+
+#[test]
+fn a_refused_structural_change_rolls_back_and_servers_still_change_at_run_time_after_the_fix() {
+    let (a, b) = (TestServer::start("a"), TestServer::start("b"));
+    let port = free_port();
+    let rig = Rig::start_runtime(
+        "runtime-refused",
+        port,
+        web(port, &[&a], &[]),
+        ApplyConfig {
+            retry_failed_after: Duration::from_secs(1),
+            ..settings()
+        },
+        Duration::from_millis(100),
+    );
+    wait_confirmed(&rig, "the slots to be confirmed");
+    // 192.0.2.1 (TEST-NET-1) is not on this host: `haproxy -c` accepts the bind, the reload
+    // fails, and the last good config is put back.
+    let mut bad = web(port, &[&a, &b], &[]);
+    let mut unbindable = frontend(80, "web");
+    unbindable.name = "unbindable".into();
+    unbindable.bind = "192.0.2.1:80".into();
+    bad.view.frontends.insert("unbindable".into(), unbindable);
+    rig.send(bad);
+    let err = wait_for("the reload failure in status", WAIT, || rig.status().error);
+    assert!(err.contains("restored the last good config"), "{err}");
+    rig.assert_serves("a");
+    // The fix: the frontend goes, b stays. The structure is HAProxy's again, so b joins at
+    // run time, with no further reload.
+    let reloads = wait_for("the master CLI", WAIT, || {
+        master_reloads(&rig.haproxy.master_socket)
+    });
+    let updates = rig.status().runtime_updates;
+    rig.send(web(port, &[&a, &b], &[]));
+    rig.wait_all_served_by_both("a", "b");
+    let s = rig.status();
+    assert!(
+        s.ok && s.error.is_none() && s.runtime_updates > updates,
+        "{s:?}"
+    );
+    assert_eq!(master_reloads(&rig.haproxy.master_socket), Some(reloads));
+}
+
+#[test]
+fn a_server_failing_its_health_checks_is_down_in_haproxy_s_view() {
+    let a = TestServer::start("a");
+    let dead = free_port(); // Nobody listens there.
+    let port = free_port();
+    let mut nv = web(port, &[&a], &[]);
+    register(&mut nv, "web", "v1", dead, 1_000);
+    let be = nv.view.backends.get_mut("web").unwrap();
+    be.health_check = Some(bender::model::HealthCheck {
+        path: Some("/".into()),
+        interval_ms: Some(100),
+    });
+    let rig = Rig::start_runtime(
+        "runtime-down",
+        port,
+        nv,
+        settings(),
+        Duration::from_millis(100),
+    );
+    let want = |addr: String, status: ServerStatus| {
+        move |s: &bender::render::ServerView| s.address == addr && s.status == status
+    };
+    wait_for("the dead server to be DOWN and a UP", WAIT, || {
+        let s = rig.status();
+        (s.servers
+            .iter()
+            .any(want(format!("127.0.0.1:{dead}"), ServerStatus::Down))
+            && s.servers
+                .iter()
+                .any(want(format!("127.0.0.1:{}", a.port), ServerStatus::Up)))
+        .then_some(())
+    });
+    rig.wait_all_served_by("a", 10);
+}
+
+#[test]
+fn a_template_without_slots_reloads_for_every_server_change() {
+    let (a, b) = (TestServer::start("a"), TestServer::start("b"));
+    let port = free_port();
+    let dir = TempDir::new("runtime-noslots-template");
+    let source = dir.0.join("servers.cfg.tera");
+    // The default template with the servers rendered from `be.servers`, not `be.slots`.
+    let default = std::fs::read_to_string(DEFAULT_TEMPLATE).unwrap();
+    let start = default
+        .find("{%- for s in be.slots %}")
+        .expect("the slot loop");
+    let end = start + default[start..].find("{%- endfor %}").unwrap() + "{%- endfor %}".len();
+    let custom = format!(
+        "{}{}{}",
+        &default[..start],
+        "{%- for s in be.servers %}\n    server {{ s.name }} {{ s.address }}\n{%- endfor %}",
+        &default[end..]
+    );
+    std::fs::write(&source, custom).unwrap();
+    let rig = Rig::start_custom_runtime(
+        "runtime-noslots",
+        port,
+        web(port, &[&a], &[]),
+        settings(),
+        source,
+        Duration::from_millis(100),
+    );
+    rig.wait_all_served_by("a", 5);
+    wait_confirmed(&rig, "the first config to be confirmed");
+    let before = rig.status();
+    rig.send(web(port, &[&a, &b], &[]));
+    rig.wait_all_served_by_both("a", "b");
+    wait_for("the reload to be counted", WAIT, || {
+        let s = rig.status();
+        (s.ok && s.reloads > before.reloads).then_some(())
+    });
+    let s = rig.status();
+    assert_eq!(s.runtime_updates, before.runtime_updates, "{s:?}");
+    assert!(s.reload_reasons.get("structure") > before.reload_reasons.get("structure"));
 }

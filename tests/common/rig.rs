@@ -121,6 +121,18 @@ impl Rig {
         Self::start_with(tag, port, first, apply, None, Some(drain))
     }
 
+    /// With a template of the test's and the runtime API (servers draining for `drain`).
+    pub fn start_custom_runtime(
+        tag: &str,
+        port: u16,
+        first: NodeView,
+        apply: ApplyConfig,
+        source: PathBuf,
+        drain: Duration,
+    ) -> Rig {
+        Self::start_with(tag, port, first, apply, Some(source), Some(drain))
+    }
+
     fn start_with(
         tag: &str,
         port: u16,
