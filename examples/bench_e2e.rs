@@ -314,29 +314,29 @@ fn ready_servers_on_disk() -> usize {
         .unwrap_or(0)
 }
 
-/// Server slots HAProxy runs, in any state.
-fn slots_in_haproxy(dir: &Path) -> usize {
+/// The server lines of `show servers state` on the stats socket (none if it does not answer).
+fn server_state_lines(dir: &Path) -> Vec<String> {
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")) else {
-        return 0;
+        return Vec::new();
     };
     let _ = s.write_all(b"show servers state\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.lines()
         .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" slot"))
-        .count()
+        .map(str::to_string)
+        .collect()
 }
 
-/// Ready slots HAProxy runs (`show servers state`, admin state without maintenance bits).
+/// Server slots HAProxy runs, in any state.
+fn slots_in_haproxy(dir: &Path) -> usize {
+    server_state_lines(dir).len()
+}
+
+/// Ready slots HAProxy runs (admin state without maintenance bits).
 fn ready_in_haproxy(dir: &Path) -> usize {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")) else {
-        return 0;
-    };
-    let _ = s.write_all(b"show servers state\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.lines()
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+    server_state_lines(dir)
+        .iter()
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 6 && f[6].parse::<u32>().is_ok_and(|a| a & 0x63 == 0)
@@ -344,17 +344,22 @@ fn ready_in_haproxy(dir: &Path) -> usize {
         .count()
 }
 
-fn burst_of_1000(base: &str, dir: &Path, mode: &str) {
-    for b in 0..100 {
+/// Creates backends `{prefix}0` .. `{prefix}{n-1}`, each for app `{prefix}{i}` version 1.
+fn create_backends(base: &str, prefix: &str, n: usize) {
+    for b in 0..n {
         let (s, _) = call(
             "POST",
             &format!("{base}/backends"),
             Some(&format!(
-                r#"{{"name":"burst{b}","app":"burst{b}","version":"1"}}"#
+                r#"{{"name":"{prefix}{b}","app":"{prefix}{b}","version":"1"}}"#
             )),
         );
         assert_eq!(s, 201);
     }
+}
+
+fn burst_of_1000(base: &str, dir: &Path, mode: &str) {
+    create_backends(base, "burst", 100);
     // Settled: HAProxy runs all 100 backends (10 empty slots each) and nothing is pending.
     let t0 = Instant::now();
     while slots_in_haproxy(dir) < 1000
@@ -402,16 +407,7 @@ fn status_ok(base: &str) -> bool {
 
 fn ten_thousand_servers(base: &str, dir: &Path, mode: &str) {
     let status = |base: &str| call("GET", &format!("{base}/v1/status"), None).1;
-    for b in 0..2000 {
-        let (s, _) = call(
-            "POST",
-            &format!("{base}/backends"),
-            Some(&format!(
-                r#"{{"name":"app{b}","app":"app{b}","version":"1"}}"#
-            )),
-        );
-        assert_eq!(s, 201);
-    }
+    create_backends(base, "app", 2000);
     // Let the entity changes apply first, so the measurement below is the registrations alone.
     let settle = Instant::now();
     let mut last = status(base)["templates"][0]["config_hash"].clone();
