@@ -317,8 +317,11 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bender"))
             .arg("agent")
             .args(&args)
+            .env(
+                "BENDER_LOG",
+                std::env::var("BENDER_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            )
             .envs(env.iter().copied())
-            .env("BENDER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
