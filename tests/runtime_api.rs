@@ -365,11 +365,12 @@ fn a_refused_structural_change_rolls_back_and_servers_still_change_at_run_time_a
     let updates = rig.status().runtime_updates;
     rig.send(web(port, &[&a, &b], &[]));
     rig.wait_all_served_by_both("a", "b");
-    let s = rig.status();
-    assert!(
-        s.ok && s.error.is_none() && s.runtime_updates > updates,
-        "{s:?}"
-    );
+    // HAProxy serves b as soon as the commands land; the status follows once the read-back
+    // agreed and the file is written.
+    wait_for("the runtime update in status", WAIT, || {
+        let s = rig.status();
+        (s.ok && s.error.is_none() && s.runtime_updates > updates).then_some(())
+    });
     assert_eq!(master_reloads(&rig.haproxy.master_socket), Some(reloads));
 }
 
