@@ -33,7 +33,7 @@ pub mod restore;
 mod view;
 
 pub use codec::*;
-pub use view::{LiveRegistration, View, ViewChanges};
+pub use view::{LiveRegistration, View, ViewChanges, ViewDigest};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -389,6 +389,8 @@ proptest! {
                     let before = view.clone();
                     let changes = r.update_view(&mut view, now);
                     prop_assert_eq!(shape(&view), shape(&r.view(now)));
+                    // The digest kept change by change is the one computed from scratch.
+                    prop_assert_eq!(view.digest, super::ViewDigest::of(&view));
                     prop_assert_eq!(
                         crate::events::of_changes(&changes, &before, &view),
                         crate::events::diff(&before, &view)
@@ -410,4 +412,36 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_view_digest_ignores_deadlines_and_follows_what_is_served() {
+    let one = from_records(&[Record::Lease(reg("h", 1), lease(100, 0, "a", 5_000))]);
+    // The same server renewed (a later stamp and deadline) on another node.
+    let renewed = from_records(&[Record::Lease(reg("h", 1), lease(900, 0, "b", 9_000))]);
+    assert_eq!(one.view(1_000).digest, renewed.view(1_000).digest);
+    let two = from_records(&[
+        Record::Lease(reg("h", 1), lease(100, 0, "a", 5_000)),
+        Record::Lease(reg("h", 2), lease(100, 0, "a", 5_000)),
+    ]);
+    assert_ne!(one.view(1_000).digest, two.view(1_000).digest);
+    let mut meta = lease(900, 0, "b", 9_000);
+    meta.meta.insert("weight".into(), "7".into());
+    let weighted = from_records(&[Record::Lease(reg("h", 1), meta)]);
+    assert_ne!(one.view(1_000).digest, weighted.view(1_000).digest);
+    let with_backend = from_records(&[
+        Record::Lease(reg("h", 1), lease(100, 0, "a", 5_000)),
+        Record::Backend(
+            "web".into(),
+            Versioned {
+                stamp: Stamp(1, 0, "n".into()),
+                value: Some(backend("web", "v1")),
+            },
+        ),
+    ]);
+    let (a, b) = (one.view(1_000).digest, with_backend.view(1_000).digest);
+    assert_eq!(a.registrations, b.registrations);
+    assert_ne!(a.value(), b.value());
+    // Expired: the empty view's digest.
+    assert_eq!(one.view(6_000).digest, View::default().digest);
 }

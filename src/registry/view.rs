@@ -23,11 +23,14 @@ impl Registry {
             .map(|(k, slot)| (k.clone(), slot.reg.val.live_registration(k)))
             .collect();
         let (backends, frontends) = self.entities_view();
-        View {
+        let mut view = View {
             registrations,
             backends,
             frontends,
-        }
+            digest: ViewDigest::default(),
+        };
+        view.digest = ViewDigest::of(&view);
+        view
     }
 
     /// Brings `view`, the view this registry's last `update_view` produced (or any view, if
@@ -79,15 +82,20 @@ impl Registry {
                 .filter(|s| s.reg.val.is_live(now_ms))
                 .map(|s| s.reg.val.live_registration(&k));
             match live {
-                Some(r) => match view.registrations.insert(k.clone(), r) {
-                    None => out.online.push(k),
-                    Some(was) => {
-                        let now = &view.registrations[&k];
-                        out.updated |= was.ttl_ms != now.ttl_ms || was.meta != now.meta;
+                Some(r) => {
+                    view.digest.add(&r);
+                    match view.registrations.insert(k.clone(), r) {
+                        None => out.online.push(k),
+                        Some(was) => {
+                            view.digest.remove(&was);
+                            let now = &view.registrations[&k];
+                            out.updated |= was.ttl_ms != now.ttl_ms || was.meta != now.meta;
+                        }
                     }
-                },
+                }
                 None => {
                     if let Some(r) = view.registrations.remove(&k) {
+                        view.digest.remove(&r);
                         out.offline.push(r);
                     }
                 }
@@ -97,6 +105,7 @@ impl Registry {
             let fresh = self.entities_view();
             out.entities = view.backends != fresh.0 || view.frontends != fresh.1;
             (view.backends, view.frontends) = fresh;
+            view.digest.entities = ViewDigest::entities_of(&view.backends, &view.frontends);
         }
         self.changes.view_ms = Some(now_ms);
         out.online.sort();
@@ -165,6 +174,105 @@ pub struct View {
     pub registrations: imbl::OrdMap<RegKey, LiveRegistration>,
     pub backends: BTreeMap<String, Backend>,
     pub frontends: BTreeMap<String, Frontend>,
+    /// What the view serves, as a digest every node computes alike (the fleet status compares
+    /// them). Kept by [`Registry::view`] and [`Registry::update_view`]; a view built by hand
+    /// gets it from [`ViewDigest::of`].
+    pub digest: ViewDigest,
+}
+
+/// A digest of what a view serves: each live registration's key and meta (not its deadline:
+/// renewals do not change what HAProxy is given), and every backend and frontend. The
+/// registrations' part is a sum of one hash per registration, so a change updates it in O(1);
+/// the entities' part (a few hundred at most) is recomputed when they change. Stable across
+/// processes and platforms (FNV-1a, then a 64-bit finaliser), so two nodes that serve the same
+/// thing have the same digest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ViewDigest {
+    pub registrations: u64,
+    pub entities: u64,
+}
+
+impl ViewDigest {
+    /// Version of this digest's definition, published beside it: digests of different versions
+    /// are not compared.
+    pub const SCHEME: u32 = 1;
+
+    /// The digest of `view`, computed from scratch.
+    pub fn of(view: &View) -> ViewDigest {
+        let mut d = ViewDigest {
+            registrations: 0,
+            entities: Self::entities_of(&view.backends, &view.frontends),
+        };
+        for r in view.registrations.values() {
+            d.add(r);
+        }
+        d
+    }
+
+    pub fn add(&mut self, r: &LiveRegistration) {
+        self.registrations = self.registrations.wrapping_add(registration_hash(r));
+    }
+
+    pub fn remove(&mut self, r: &LiveRegistration) {
+        self.registrations = self.registrations.wrapping_sub(registration_hash(r));
+    }
+
+    pub fn entities_of(
+        backends: &BTreeMap<String, Backend>,
+        frontends: &BTreeMap<String, Frontend>,
+    ) -> u64 {
+        if backends.is_empty() && frontends.is_empty() {
+            return 0; // As in `ViewDigest::default()`.
+        }
+        let mut bytes = Vec::new();
+        for b in backends.values() {
+            bytes.extend(b"b\0");
+            bytes.extend(serde_json::to_vec(b).unwrap_or_default());
+            bytes.push(0);
+        }
+        for f in frontends.values() {
+            bytes.extend(b"f\0");
+            bytes.extend(serde_json::to_vec(f).unwrap_or_default());
+            bytes.push(0);
+        }
+        finalise(super::codec::digest(&bytes))
+    }
+
+    /// The whole digest as one number.
+    pub fn value(&self) -> u64 {
+        finalise(self.registrations ^ finalise(self.entities))
+    }
+
+    /// `value` as 16 hex digits, as the fleet status shows it.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.value())
+    }
+}
+
+fn registration_hash(r: &LiveRegistration) -> u64 {
+    let k = &r.key;
+    let mut bytes = Vec::with_capacity(64);
+    for part in [&k.app, &k.version, &k.host] {
+        bytes.extend(part.as_bytes());
+        bytes.push(0);
+    }
+    bytes.extend(k.port.to_string().as_bytes());
+    bytes.push(0);
+    for (name, value) in &r.meta {
+        bytes.extend(name.as_bytes());
+        bytes.push(0);
+        bytes.extend(value.as_bytes());
+        bytes.push(0);
+    }
+    finalise(super::codec::digest(&bytes))
+}
+
+/// splitmix64's finaliser: spreads FNV's output so that sums of hashes do not cancel by
+/// accident of structure.
+fn finalise(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl View {
