@@ -40,6 +40,18 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// The digest of what is served (`served`): the view's, with the held registrations
+    /// added. O(held).
+    pub fn digest(&self) -> crate::registry::ViewDigest {
+        let mut d = self.view.digest;
+        for (k, r) in &self.held {
+            if !self.view.registrations.contains_key(k) {
+                d.add(r);
+            }
+        }
+        d
+    }
+
     /// What is served: the live registrations and the held ones, sorted by key.
     pub fn served(&self) -> impl Iterator<Item = (&RegKey, &LiveRegistration)> {
         let mut all: BTreeMap<&RegKey, &LiveRegistration> =
@@ -86,6 +98,7 @@ impl StateDump {
         for f in self.frontends {
             view.frontends.insert(f.name.clone(), f);
         }
+        view.digest = crate::registry::ViewDigest::of(&view);
         NodeView {
             view,
             members: self.members,

@@ -56,13 +56,14 @@ pub use durations::Durations;
 pub use error::RenderError;
 pub use preflight::{Change, Preflight, Refusal};
 pub use runtime::ServerStatus;
-pub use status::{ServerView, TemplateStatus};
+pub use status::{ApplySummary, ServerView, TemplateStatus};
 pub use template::haproxy_quote;
 
 /// A handle on the render task: cheap to clone, readable from any thread.
 #[derive(Debug, Clone)]
 pub struct RenderHandle {
     status: Arc<Mutex<Vec<TemplateStatus>>>,
+    summaries: watch::Receiver<Vec<ApplySummary>>,
     /// Closed (its sender dropped) when the task has ended.
     done: watch::Receiver<()>,
     preflight: Preflight,
@@ -76,6 +77,12 @@ impl RenderHandle {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Each template's apply state in brief, changed whenever one changes (closed when the
+    /// task ends).
+    pub fn summaries(&self) -> watch::Receiver<Vec<ApplySummary>> {
+        self.summaries.clone()
     }
 
     /// Resolves once the task has ended (after shutdown, or when the view channel closed). An
@@ -141,6 +148,7 @@ pub fn spawn(
         compiled,
         resolver,
     );
+    let summaries = worker.summaries.subscribe();
     // A worker that panics or ends while its stage runs is a failure of the node.
     supervise::spawn("render", failures, shutdown.clone(), async move {
         worker.run(views, shutdown, loaded_tx).await;
@@ -148,6 +156,7 @@ pub fn spawn(
     });
     RenderHandle {
         status,
+        summaries,
         done,
         preflight,
     }

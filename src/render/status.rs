@@ -46,6 +46,9 @@ pub struct TemplateStatus {
     pub config_hash: Option<String>,
     /// The version HAProxy says it runs (`show info`), where it can be asked.
     pub running_config: Option<String>,
+    /// Digest of the view the config in place was rendered from (`ViewDigest::hex` of what is
+    /// served): set once a render of that view is in place, or found identical to the file.
+    pub rendered_from: Option<String>,
     /// Why HAProxy could not be asked (it is stopped, say), until it answers again.
     pub haproxy_error: Option<String>,
     /// Renders done (every debounced change; most are identical and go no further).
@@ -107,6 +110,7 @@ impl TemplateStatus {
             excluded: Vec::new(),
             config_hash: None,
             running_config: None,
+            rendered_from: None,
             haproxy_error: None,
             renders: 0,
             applies: 0,
@@ -126,6 +130,42 @@ impl TemplateStatus {
             runtime_durations: Durations::default(),
             last_apply: None,
             last_success: None,
+        }
+    }
+}
+
+/// What the fleet status needs of a template, kept apart from the (possibly large) status so
+/// that watching it is cheap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub name: String,
+    pub config: Option<String>,
+    pub from: Option<String>,
+    /// The render or apply failure, the template that does not load, HAProxy that cannot be
+    /// asked, or HAProxy running another config than the one in place.
+    pub error: Option<String>,
+    pub excluded: usize,
+}
+
+impl ApplySummary {
+    pub fn of(s: &TemplateStatus) -> Self {
+        // HAProxy's own words are what matter at a glance: from the first alert on.
+        let error = s
+            .error
+            .as_deref()
+            .map(|e| e.find("[ALERT]").map_or(e, |at| &e[at..]).to_string())
+            .or_else(|| s.template_error.as_ref().map(|e| format!("template: {e}")))
+            .or_else(|| s.haproxy_error.as_ref().map(|e| format!("HAProxy: {e}")))
+            .or_else(|| match (&s.running_config, &s.config_hash) {
+                (Some(r), Some(c)) if r != c => Some(format!("HAProxy runs {r}, not {c}")),
+                _ => None,
+            });
+        ApplySummary {
+            name: s.name.clone(),
+            config: s.config_hash.clone(),
+            from: s.rendered_from.clone(),
+            error,
+            excluded: s.excluded.len(),
         }
     }
 }

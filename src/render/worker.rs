@@ -16,7 +16,7 @@ use super::config::{ApplyConfig, TemplateConfig};
 use super::context::Quarantine;
 use super::error::RenderError;
 use super::resolve::Resolver;
-use super::status::TemplateStatus;
+use super::status::{ApplySummary, TemplateStatus};
 use super::template::Compiled;
 use super::{files, reload, slots, template};
 use crate::cluster::NodeView;
@@ -108,6 +108,8 @@ pub(crate) struct Worker {
     pub(super) snippets: Snippets,
     pub(super) slots: Vec<Slot>,
     pub(super) status: Arc<Mutex<Vec<TemplateStatus>>>,
+    /// Each template's [`ApplySummary`], sent whenever one changes (the fleet status).
+    pub(super) summaries: watch::Sender<Vec<ApplySummary>>,
     /// The origin of the clock slot drains are timed on.
     pub(super) epoch: Instant,
 }
@@ -122,6 +124,15 @@ impl Worker {
         shared_compiled: SharedCompiled,
         resolver: Resolver,
     ) -> Self {
+        let (summaries, _) = watch::channel(
+            templates
+                .iter()
+                .map(|t| ApplySummary {
+                    name: t.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        );
         let slots = templates
             .into_iter()
             .map(|cfg| Slot {
@@ -145,6 +156,7 @@ impl Worker {
             snippets,
             slots,
             status,
+            summaries,
             epoch: Instant::now(),
         }
     }
@@ -187,6 +199,14 @@ impl Worker {
                 && s.running_config
                     .as_ref()
                     .is_none_or(|r| Some(r) == s.config_hash.as_ref());
+            let summary = ApplySummary::of(s);
+            self.summaries.send_if_modified(|all| match all.get_mut(i) {
+                Some(old) if *old != summary => {
+                    *old = summary;
+                    true
+                }
+                _ => false,
+            });
         }
     }
 
@@ -493,8 +513,15 @@ impl Worker {
     }
 
     async fn apply_all(&mut self, nv: Arc<NodeView>) {
+        let from = nv.digest().hex();
         for i in 0..self.slots.len() {
             self.apply_one(i, nv.clone()).await;
+            // The config in place now stands for this view, unless this round failed.
+            self.set_status(i, |s| {
+                if s.error.is_none() && s.config_hash.is_some() {
+                    s.rendered_from = Some(from.clone());
+                }
+            });
         }
     }
 
