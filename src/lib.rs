@@ -32,6 +32,7 @@ pub mod config;
 pub mod events;
 #[doc(hidden)]
 pub mod failpoint;
+pub mod fleet;
 pub mod guard;
 pub mod hlc;
 pub mod limits;

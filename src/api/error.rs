@@ -70,6 +70,11 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "CONFLICT", message)
     }
+    /// A switch to a target with no live servers, refused unless forced.
+    pub fn no_live_servers(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "NO_LIVE_SERVERS", message)
+    }
+
     pub fn method_not_allowed(allow: &'static str) -> Self {
         ApiError {
             allow: Some(allow),

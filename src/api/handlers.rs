@@ -96,6 +96,11 @@ impl Api {
             }
             Op::DeleteEntity(Kind::Backend, name) => self.delete::<Backend>(name).await,
             Op::DeleteEntity(Kind::Frontend, name) => self.delete::<Frontend>(name).await,
+            Op::Switch(kind, name) => self.switch(kind, name, req, caller).await,
+            Op::Fleet => match &self.hooks.fleet {
+                Some(fleet) => json_ok(&fleet.report().await),
+                None => Err(ApiError::not_found("this node has no fleet status")),
+            },
             Op::Members => ok(json!(self.node.members())),
             Op::State => json_ok(&crate::cluster::StateDump::new(
                 self.node.node_id(),
@@ -130,7 +135,7 @@ impl Api {
 
     /// How the caller's free-form lines are checked: raw only where the node allows config
     /// snippets and the caller is an admin by credential.
-    fn snippets_for(&self, caller: &Caller) -> Snippets {
+    pub(super) fn snippets_for(&self, caller: &Caller) -> Snippets {
         if self.security.config_snippets() && caller.is_credentialed_admin() {
             Snippets::Raw
         } else {
@@ -140,7 +145,7 @@ impl Api {
 
     /// Refuses a write that would make HAProxy refuse a template's render (on a node that has
     /// templates).
-    async fn preflight<E: Entity>(&self, name: &str, value: Option<E>) -> Result<()> {
+    pub(super) async fn preflight<E: Entity>(&self, name: &str, value: Option<E>) -> Result<()> {
         let Some(hook) = &self.hooks.preflight else {
             return Ok(());
         };

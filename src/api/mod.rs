@@ -14,6 +14,7 @@ mod handlers;
 mod routes;
 mod server;
 mod settings;
+mod switch;
 mod tls;
 mod wire;
 
@@ -70,6 +71,8 @@ pub struct Hooks {
     /// `/health` fails (503 `FAILED`) while this says `Err`.
     pub health: Option<ReadyHook>,
     pub preflight: Option<PreflightHook>,
+    /// `GET /v1/fleet`.
+    pub fleet: Option<crate::fleet::publish::Fleet>,
 }
 
 impl Hooks {
@@ -80,6 +83,7 @@ impl Hooks {
             ready: None,
             health: None,
             preflight: None,
+            fleet: None,
         }
     }
 }

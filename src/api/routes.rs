@@ -44,6 +44,11 @@ pub enum Op<'a> {
     GetEntity(Kind, &'a str),
     UpdateEntity(Kind, &'a str),
     DeleteEntity(Kind, &'a str),
+    /// `POST /v1/backends/:name/switch` (`{"version"}`) or `/v1/frontends/:name/switch`
+    /// (`{"backend"}`): blue/green, refused when the target has no live server unless forced.
+    Switch(Kind, &'a str),
+    /// `GET /v1/fleet`: every load balancer's apply state.
+    Fleet,
     Members,
     State,
     Status,
@@ -60,13 +65,16 @@ impl Op<'_> {
         match self {
             Health | Ready => Need::Open,
             CompatRegister(_) | Register | Deregister(_) => Need::Scope(Scope::Register),
-            CreateEntity(_) | UpdateEntity(..) | DeleteEntity(..) => Need::Scope(Scope::Admin),
+            CreateEntity(_) | UpdateEntity(..) | DeleteEntity(..) | Switch(..) => {
+                Need::Scope(Scope::Admin)
+            }
             CompatList { .. }
             | ListRegistrations
             | GetRegistration(_)
             | ListEntities(_)
             | GetEntity(..)
             | Members
+            | Fleet
             | State
             | Status
             | Events
@@ -78,7 +86,7 @@ impl Op<'_> {
     pub fn takes_body(&self) -> bool {
         matches!(
             self,
-            Op::Register | Op::CreateEntity(_) | Op::UpdateEntity(..)
+            Op::Register | Op::CreateEntity(_) | Op::UpdateEntity(..) | Op::Switch(..)
         )
     }
 
@@ -162,6 +170,15 @@ pub fn route<'a>(method: &Method, segs: &[&'a str]) -> (&'static str, Result<Op<
                 "GET, PUT, DELETE",
             )
         }
+        ["v1", kind, name, "switch"] if entity_kind(kind).is_some() => {
+            let k = entity_kind(kind).expect("checked by the guard");
+            let label = if k == Kind::Backend {
+                "/v1/backends/:name/switch"
+            } else {
+                "/v1/frontends/:name/switch"
+            };
+            pick(label, vec![(Method::POST, Op::Switch(k, name))], "POST")
+        }
         ["v1", "registrations"] => pick(
             "/v1/registrations",
             vec![
@@ -187,6 +204,7 @@ pub fn route<'a>(method: &Method, segs: &[&'a str]) -> (&'static str, Result<Op<
             )
         }
         ["v1", "members"] => pick("/v1/members", vec![(Method::GET, Op::Members)], "GET"),
+        ["v1", "fleet"] => pick("/v1/fleet", vec![(Method::GET, Op::Fleet)], "GET"),
         ["v1", "state"] => pick("/v1/state", vec![(Method::GET, Op::State)], "GET"),
         ["v1", "status"] => pick("/v1/status", vec![(Method::GET, Op::Status)], "GET"),
         ["v1", "events"] => pick("/v1/events", vec![(Method::GET, Op::Events)], "GET"),
@@ -238,6 +256,11 @@ mod tests {
                 register,
             ),
             (Method::GET, "/v1/members", read),
+            (Method::GET, "/v1/fleet", read),
+            (Method::POST, "/v1/backends/web/switch", admin),
+            (Method::POST, "/v1/frontends/www/switch", admin),
+            (Method::GET, "/v1/frontends/www/switch", Err(405)),
+            (Method::POST, "/backends/web/switch", Err(404)),
             (Method::GET, "/v1/state", read),
             (Method::GET, "/v1/status", read),
             (Method::GET, "/v1/events", read),

@@ -74,6 +74,10 @@ pub struct FileConfig {
     pub clock_offset_warn: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_drift: Option<Duration>,
+    /// How long a load balancer may be behind this node's view before the fleet status calls
+    /// it STALE (PENDING until then).
+    #[serde(default, with = "humantime_serde")]
+    pub fleet_stale_after: Option<Duration>,
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub api: Option<ApiConfig>,
@@ -138,6 +142,7 @@ pub struct Config {
     pub clock_offset_warn: Duration,
     /// Records from peers stamped further ahead of the local clock than this are refused.
     pub max_clock_drift: Duration,
+    pub fleet_stale_after: Duration,
     pub max_body_bytes: u64,
     /// Connection hygiene, TLS and config snippets (`[api]`).
     pub api: ApiConfig,
@@ -250,6 +255,7 @@ impl Config {
             dead_node_grace: file.dead_node_grace.unwrap_or(Duration::from_secs(3600)),
             clock_offset_warn: file.clock_offset_warn.unwrap_or(Duration::from_millis(200)),
             max_clock_drift: file.max_clock_drift.unwrap_or(Duration::from_secs(60)),
+            fleet_stale_after: file.fleet_stale_after.unwrap_or(Duration::from_secs(10)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             api: file.api.unwrap_or_default(),
             auth: file.auth.unwrap_or_default(),
@@ -308,6 +314,10 @@ impl Config {
             "max_clock_drift",
         );
         check(self.max_body_bytes != new.max_body_bytes, "max_body_bytes");
+        check(
+            self.fleet_stale_after != new.fleet_stale_after,
+            "fleet_stale_after",
+        );
         // [api.tls], [auth], [registration], [compat] and api.config_snippets are re-read on
         // SIGHUP; the connection limits are fixed when the listener starts.
         let limits = |a: &ApiConfig| {
@@ -403,6 +413,15 @@ impl Config {
                 "max_clock_drift",
                 ms(self.max_clock_drift),
                 "at least 1s and shorter than tombstone_ttl",
+            ));
+        }
+        if self.fleet_stale_after < Duration::from_secs(1)
+            || self.fleet_stale_after > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "fleet_stale_after",
+                ms(self.fleet_stale_after),
+                "between 1s and 1h",
             ));
         }
         if self.tombstone_ttl <= self.dead_node_grace {

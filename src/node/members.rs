@@ -74,3 +74,34 @@ pub(super) async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry
     out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     (out, peers)
 }
+
+/// Every member (newest generation of each node id) with its fleet apply record as published,
+/// for [`crate::fleet`]. A record over [`crate::fleet::MAX_RECORD_BYTES`] is refused here,
+/// before it is copied.
+pub(super) async fn fleet_members(inner: &Inner) -> Vec<crate::fleet::Member> {
+    let cc = inner.chitchat.lock().await;
+    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+    let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
+    for id in cc.node_states().keys() {
+        let e = newest.entry(id.node_id.to_string()).or_insert(id);
+        if id.generation_id > e.generation_id {
+            *e = id;
+        }
+    }
+    newest
+        .into_values()
+        .map(|id| {
+            let is_self = *id == inner.self_id;
+            let record = cc
+                .node_state(id)
+                .and_then(|s| s.get(crate::fleet::KEY))
+                .map(crate::fleet::decode);
+            crate::fleet::Member {
+                node_id: id.node_id.to_string(),
+                live: is_self || live.contains(id),
+                is_self,
+                record,
+            }
+        })
+        .collect()
+}

@@ -514,6 +514,22 @@ impl Node {
         self.inner.clocks.lock().expect("clock lock").len()
     }
 
+    /// Every member with its fleet apply record (see [`crate::fleet`]).
+    pub async fn fleet_members(&self) -> Vec<crate::fleet::Member> {
+        members::fleet_members(&self.inner).await
+    }
+
+    /// Publishes this node's fleet apply record (its own gossip key), pushed at once.
+    pub async fn publish_fleet_record(&self, value: String) {
+        self.inner
+            .chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(crate::fleet::KEY, value);
+        self.inner.push.notify_one();
+    }
+
     /// Keys in this node's own gossip keyspace (for status and the bounded-state tests).
     pub async fn own_key_count(&self) -> usize {
         self.inner

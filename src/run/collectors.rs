@@ -18,6 +18,7 @@ pub(super) fn register_collectors(
     gossip: Arc<crate::transport::TransportCounters>,
     node: Node,
     render: SharedRender,
+    fleet: crate::fleet::publish::Fleet,
 ) {
     use prometheus_client::encoding::{EncodeLabelSet, NoLabelSet};
     use prometheus_client::metrics::gauge::ConstGauge;
@@ -83,6 +84,27 @@ pub(super) fn register_collectors(
             ConstCounter::new(count).encode(m.encode_family(&[("kind", kind)])?)?;
         }
         Ok(())
+    })));
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        let (counts, refused) = fleet.counts();
+        {
+            let mut m = enc.encode_descriptor(
+                "fleet_nodes",
+                "Load balancers in each fleet state as this node sees them (synced, pending, stale, error): alert when any is not synced for 30s",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (state, n) in counts {
+                ConstGauge::new(n as i64).encode(m.encode_family(&[("state", state.label())])?)?;
+            }
+        }
+        let g = ConstGauge::new(refused as i64);
+        g.encode(enc.encode_descriptor(
+            "fleet_records_refused",
+            "Members whose fleet apply record this node refuses (too big, or not well-formed)",
+            None,
+            g.metric_type(),
+        )?)
     })));
     let n = node.clone();
     counter(

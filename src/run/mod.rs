@@ -116,8 +116,31 @@ pub async fn run_with_reload(
     }));
     start_render(&render, &running_config, &node, &shutdown);
 
+    let fleet = crate::fleet::publish::Fleet::new(node.clone(), running_config.fleet_stale_after);
+    let summaries_render = render.clone();
+    let summaries: crate::fleet::publish::Summaries = Arc::new(move || {
+        summaries_render
+            .read()
+            .expect("render lock")
+            .handle
+            .as_ref()
+            .map(|h| h.summaries())
+    });
+    let fleet_task = supervise::spawn(
+        "fleet",
+        &failures,
+        shutdown.clone(),
+        fleet.clone().run(summaries, shutdown.clone()),
+    );
+
     let metrics = Arc::new(Metrics::new());
-    collectors::register_collectors(&metrics, gossip_counters, node.clone(), render.clone());
+    collectors::register_collectors(
+        &metrics,
+        gossip_counters,
+        node.clone(),
+        render.clone(),
+        fleet.clone(),
+    );
     let feeder = supervise::spawn(
         "metrics",
         &failures,
@@ -147,6 +170,7 @@ pub async fn run_with_reload(
     });
 
     let mut hooks = Hooks::new(metrics);
+    hooks.fleet = Some(fleet);
     let status_render = render.clone();
     hooks.status = Some(Arc::new(
         move || json!({ "templates": statuses(&status_render) }),
@@ -212,6 +236,7 @@ pub async fn run_with_reload(
         }
     }
     let _ = feeder.await;
+    let _ = fleet_task.await;
     let _ = notifier.await;
     node.stop().await;
     match failures.get() {
