@@ -1,6 +1,7 @@
 //! The `bender` command line: `agent` runs a node; the other subcommands are the operator's
 //! tools and talk to a node's HTTP API (address from `--addr` or `BENDER_ADDR`).
 
+mod fleet;
 mod list;
 mod ops;
 
@@ -51,8 +52,8 @@ pub enum Command {
     Backend(BackendArgs),
     /// Create, update, delete or switch frontends (blue/green).
     Frontend(FrontendArgs),
-    /// Show a node's status.
-    Status(OutputArgs),
+    /// Show a node's status, or with --fleet every load balancer's.
+    Status(StatusArgs),
     /// Render the templates once, from a running node or a state file (for template authors).
     Render(RenderArgs),
     /// Print shell completions.
@@ -197,6 +198,29 @@ pub struct OutputArgs {
 }
 
 #[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Every load balancer's apply state (SYNCED, PENDING, STALE, ERROR), as this node sees it.
+    #[arg(long)]
+    pub fleet: bool,
+}
+
+/// How a switch is made and waited for.
+#[derive(Args, Clone)]
+pub struct SwitchWait {
+    /// Switch even if the target has no live server (its traffic then fails).
+    #[arg(long)]
+    pub force: bool,
+    /// Wait until every reachable load balancer runs the switch, printing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits before it gives up (exit 1), naming the laggards.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+#[derive(Args)]
 pub struct InstanceArgs {
     #[command(flatten)]
     pub connect: Connect,
@@ -288,12 +312,15 @@ pub enum BackendAction {
         #[command(flatten)]
         fields: BackendFields,
     },
-    /// Point a backend at another version of its app, in one call (blue/green).
+    /// Point a backend at another version of its app, in one call (blue/green). Refused when
+    /// that version has no live server, unless --force.
     Switch {
         name: String,
         /// The version to serve.
         #[arg(long)]
         version: String,
+        #[command(flatten)]
+        wait: SwitchWait,
     },
     /// Delete a backend.
     Delete { name: String },
@@ -336,12 +363,15 @@ pub enum FrontendAction {
         #[command(flatten)]
         fields: FrontendFields,
     },
-    /// Point a frontend at another backend, in one call (blue/green).
+    /// Point a frontend at another backend, in one call (blue/green). Refused when that
+    /// backend has no live server, unless --force.
     Switch {
         name: String,
         /// The backend to serve.
         #[arg(long)]
         backend: String,
+        #[command(flatten)]
+        wait: SwitchWait,
     },
     /// Delete a frontend.
     Delete { name: String },

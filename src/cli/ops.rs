@@ -23,7 +23,8 @@ pub fn run_operator_command(command: Command) -> ExitCode {
         Command::Deregister(args) => deregister(&args).map(|_| ()),
         Command::List(args) => super::list::list(args.what, &args.output, args.app, args.version),
         Command::Members(out) => members(&out),
-        Command::Status(out) => status(&out),
+        Command::Status(args) if args.fleet => super::fleet::status(&args.output),
+        Command::Status(args) => status(&args.output),
         Command::Backend(args) => client(&args.connect).and_then(|c| backend(&c, args.action)),
         Command::Frontend(args) => client(&args.connect).and_then(|c| frontend(&c, args.action)),
         Command::Render(args) => return render(args),
@@ -156,7 +157,7 @@ pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// A message as one table cell: its lines joined, at most `max` characters.
-fn one_line(text: &str, max: usize) -> String {
+pub(super) fn one_line(text: &str, max: usize) -> String {
     let joined = text
         .lines()
         .map(str::trim)
@@ -325,19 +326,20 @@ fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
                 backend_body(m, &fields)
             })?);
         }
-        BackendAction::Switch { name, version } => {
-            let path = format!("/v1/backends/{name}");
-            let fields = BackendFields {
-                version: Some(version),
-                ..Default::default()
-            };
-            let v = read_modify_write(client, &path, |m| backend_body(m, &fields))?;
-            println!(
-                "backend {name} now serves {}@{}",
-                s(&v["app"]),
-                s(&v["version"])
-            );
-        }
+        BackendAction::Switch {
+            name,
+            version,
+            wait,
+        } => super::fleet::switch(
+            client,
+            super::fleet::Switch {
+                kind: "backends",
+                name: &name,
+                body: json!({ "version": version }),
+                force: wait.force,
+                wait: &wait,
+            },
+        )?,
         BackendAction::Delete { name } => {
             client.call("DELETE", &format!("/v1/backends/{name}"), None)?;
             println!("backend {name} deleted");
@@ -371,15 +373,20 @@ fn frontend(client: &Client, action: FrontendAction) -> Result<(), ClientError> 
                 frontend_body(m, &fields)
             })?);
         }
-        FrontendAction::Switch { name, backend } => {
-            let path = format!("/v1/frontends/{name}");
-            let fields = FrontendFields {
-                backend: Some(backend),
-                ..Default::default()
-            };
-            let v = read_modify_write(client, &path, |m| frontend_body(m, &fields))?;
-            println!("frontend {name} now serves backend {}", s(&v["backend"]));
-        }
+        FrontendAction::Switch {
+            name,
+            backend,
+            wait,
+        } => super::fleet::switch(
+            client,
+            super::fleet::Switch {
+                kind: "frontends",
+                name: &name,
+                body: json!({ "backend": backend }),
+                force: wait.force,
+                wait: &wait,
+            },
+        )?,
         FrontendAction::Delete { name } => {
             client.call("DELETE", &format!("/v1/frontends/{name}"), None)?;
             println!("frontend {name} deleted");
