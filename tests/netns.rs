@@ -105,3 +105,79 @@ fn a_partitioned_host_diverges_then_converges_when_healed() {
         });
     }
 }
+
+/// Each host's state as host `i` sees it, by node id.
+fn fleet_states(http: &Http, hosts: &Hosts, i: usize) -> Option<Vec<(String, String)>> {
+    let r = http.get(&hosts.url(i, "/v1/fleet"));
+    let nodes = r.body["nodes"].as_array()?;
+    Some(
+        nodes
+            .iter()
+            .map(|e| {
+                (
+                    e["node_id"].as_str().unwrap_or("").to_string(),
+                    e["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn fleet_all(states: [&str; 3]) -> Option<Vec<(String, String)>> {
+    Some(
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("host{i}"), s.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn the_fleet_status_shows_a_cut_off_host_stale_and_synced_again_after_healing() {
+    let mut hosts = Hosts::new(3);
+    let dir = TempDir::new("netns-fleet");
+    let tokens = Tokens::write(&dir.0.join("tokens"));
+    let config = dir.0.join("bender.toml");
+    // STALE after 2 s behind, so the test does not wait out the default 10 s.
+    std::fs::write(
+        &config,
+        format!("fleet_stale_after = \"2s\"\n{}", tokens.config()),
+    )
+    .unwrap();
+    for i in 0..3 {
+        hosts.start_bender(i, &["--config".into(), config.display().to_string()]);
+    }
+    let http = Http::with_token(&tokens.admin);
+    for i in 0..3 {
+        wait_until(WAIT, "every host synced on every host", || {
+            std::net::TcpStream::connect((hosts.mgmt_ip(i).as_str(), 1729)).is_ok()
+                && fleet_states(&http, &hosts, i) == fleet_all(["SYNCED"; 3])
+        });
+    }
+    hosts.cluster_link(2, false);
+    // A write host 2 cannot receive.
+    let r = http.post_json(
+        &hosts.url(0, "/backends"),
+        r#"{"name":"web","app":"web","version":"v1"}"#,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for i in 0..2 {
+        wait_until(WAIT, "host 2 stale on the majority's view", || {
+            fleet_states(&http, &hosts, i) == fleet_all(["SYNCED", "SYNCED", "STALE"])
+        });
+    }
+    let r = http.get(&hosts.url(0, "/v1/fleet"));
+    let msg = r.body["nodes"][2]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("unreachable"), "{msg}");
+    // The cut-off host sees the others unreachable, itself in sync with its own registry.
+    wait_until(WAIT, "host 2 sees the others stale", || {
+        fleet_states(&http, &hosts, 2) == fleet_all(["STALE", "STALE", "SYNCED"])
+    });
+    hosts.cluster_link(2, true);
+    for i in 0..3 {
+        wait_until(WAIT, "every host synced again on every host", || {
+            fleet_states(&http, &hosts, i) == fleet_all(["SYNCED"; 3])
+        });
+    }
+}
