@@ -208,6 +208,10 @@ impl Worker {
                     version: hash.clone(),
                     table,
                 });
+                // The new worker's view of each server, not the old one's until the next probe.
+                if runtime && verified {
+                    self.refresh_servers(i).await;
+                }
                 info!(template = %name, destination = %dest.display(), hash = %hash,
                     verified, elapsed_ms = started.elapsed().as_millis() as u64,
                     reload_reason = %reason, "render: applied a new config");

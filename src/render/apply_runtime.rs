@@ -200,6 +200,21 @@ impl Worker {
 
     /// Reads every slot back from HAProxy (at each probe); slots that differ from what was
     /// applied (changed by hand, say) are set back. If that fails, the file is reloaded.
+    /// Reads HAProxy's view of each server into the status (after a reload: the new worker's).
+    pub(super) async fn refresh_servers(&mut self, i: usize) {
+        let Some(rt) = self.slots[i].cfg.runtime.clone() else {
+            return;
+        };
+        match runtime::read(&rt.socket, &BTreeSet::new()).await {
+            Ok(observed) => {
+                let table = self.slots[i].applied.as_ref().map(|a| a.table.clone());
+                self.record_servers(i, &observed, table.as_ref(), true);
+            }
+            Err(e) => debug!(template = %self.slots[i].cfg.name, error = %e,
+                "render: cannot read HAProxy's servers after the reload"),
+        }
+    }
+
     pub(super) async fn check_drift(&mut self, i: usize) {
         let (Some(rt), Some(applied)) = (
             self.slots[i].cfg.runtime.clone(),
