@@ -7,80 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::haproxy::{write_node_files, Haproxy, TempDir, TestServer};
+use common::fleet::{start_fleet, Lb};
+use common::haproxy::{TempDir, TestServer};
 use common::{free_port, sample, scrape, wait_until, Http, Proc};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// One load balancer: a bender node and the HAProxy it drives.
-struct Lb {
-    node: Proc,
-    dir: TempDir,
-    _haproxy: Haproxy,
-}
-
-impl Lb {
-    fn file(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("haproxy.cfg")).unwrap_or_default()
-    }
-}
-
-/// Three nodes, `lb0`..`lb2`; `extra(i)` goes at the top of node i's config, and `template(i)`
-/// (if any) replaces the default template's text for node i.
-fn start_fleet(
-    tag: &str,
-    extra: impl Fn(usize) -> String,
-    template: impl Fn(usize) -> Option<String>,
-) -> Vec<Lb> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    (0..3)
-        .map(|i| {
-            let dir = TempDir::new(&format!("{tag}-{i}"));
-            let mut config = write_node_files(&dir.0, &extra(i));
-            if let Some(text) = template(i) {
-                let source = dir.0.join("haproxy.cfg.tera");
-                std::fs::write(&source, text).unwrap();
-                let body = std::fs::read_to_string(&config).unwrap().replace(
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera"),
-                    &source.display().to_string(),
-                );
-                config = dir.0.join("bender-custom.toml");
-                std::fs::write(&config, body).unwrap();
-            }
-            let haproxy = Haproxy::start(&dir.0, &dir.0.join("haproxy.cfg"));
-            let (api, gossip) = ports[i];
-            let mut args = vec![
-                "--config".to_string(),
-                config.display().to_string(),
-                "--node-id".into(),
-                format!("lb{i}"),
-                "--cluster-id".into(),
-                tag.into(),
-                "--api-listen".into(),
-                format!("127.0.0.1:{api}"),
-                "--gossip-listen".into(),
-                format!("127.0.0.1:{gossip}"),
-            ];
-            for (j, (_, g)) in ports.iter().enumerate() {
-                if j != i {
-                    args.extend(["--seed".into(), format!("127.0.0.1:{g}")]);
-                }
-            }
-            let node = Proc::start(
-                &format!("lb{i}"),
-                api,
-                ([127, 0, 0, 1], gossip).into(),
-                args,
-            );
-            Lb {
-                node,
-                dir,
-                _haproxy: haproxy,
-            }
-        })
-        .collect()
-}
 
 fn fleet(http: &Http, lb: &Lb) -> Value {
     let r = http.get(&lb.node.url("/v1/fleet"));
@@ -154,7 +86,8 @@ fn switch_wait_returns_only_once_every_lb_runs_the_switch() {
         "fleet-wait",
         |i| {
             if i == 2 {
-                "[apply]\ndebounce_quiet = \"1500ms\"\ndebounce_max = \"3s\"\n".into()
+                "[apply]\ndebounce_quiet = \"1500ms\"\ndebounce_runtime = \"1500ms\"\ndebounce_max = \"3s\"\n"
+                    .into()
             } else {
                 String::new()
             }

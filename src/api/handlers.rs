@@ -96,6 +96,7 @@ impl Api {
             }
             Op::DeleteEntity(Kind::Backend, name) => self.delete::<Backend>(name).await,
             Op::DeleteEntity(Kind::Frontend, name) => self.delete::<Frontend>(name).await,
+            Op::Ui(file) => super::ui::asset(file),
             Op::Switch(kind, name) => self.switch(kind, name, req, caller).await,
             Op::Fleet => match &self.hooks.fleet {
                 Some(fleet) => json_ok(&fleet.report().await),

@@ -16,6 +16,7 @@ mod server;
 mod settings;
 mod switch;
 mod tls;
+mod ui;
 mod wire;
 
 use std::convert::Infallible;

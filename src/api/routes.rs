@@ -49,6 +49,8 @@ pub enum Op<'a> {
     Switch(Kind, &'a str),
     /// `GET /v1/fleet`: every load balancer's apply state.
     Fleet,
+    /// `GET /ui`, `/ui/:file`: the dashboard's files (open: they hold no data).
+    Ui(&'a str),
     Members,
     State,
     Status,
@@ -63,7 +65,7 @@ impl Op<'_> {
     pub fn need(&self) -> Need {
         use Op::*;
         match self {
-            Health | Ready => Need::Open,
+            Health | Ready | Ui(_) => Need::Open,
             CompatRegister(_) | Register | Deregister(_) => Need::Scope(Scope::Register),
             CreateEntity(_) | UpdateEntity(..) | DeleteEntity(..) | Switch(..) => {
                 Need::Scope(Scope::Admin)
@@ -205,6 +207,8 @@ pub fn route<'a>(method: &Method, segs: &[&'a str]) -> (&'static str, Result<Op<
         }
         ["v1", "members"] => pick("/v1/members", vec![(Method::GET, Op::Members)], "GET"),
         ["v1", "fleet"] => pick("/v1/fleet", vec![(Method::GET, Op::Fleet)], "GET"),
+        ["ui"] => pick("/ui", vec![(Method::GET, Op::Ui(""))], "GET"),
+        ["ui", file] => pick("/ui/:file", vec![(Method::GET, Op::Ui(file))], "GET"),
         ["v1", "state"] => pick("/v1/state", vec![(Method::GET, Op::State)], "GET"),
         ["v1", "status"] => pick("/v1/status", vec![(Method::GET, Op::Status)], "GET"),
         ["v1", "events"] => pick("/v1/events", vec![(Method::GET, Op::Events)], "GET"),
@@ -257,6 +261,9 @@ mod tests {
             ),
             (Method::GET, "/v1/members", read),
             (Method::GET, "/v1/fleet", read),
+            (Method::GET, "/ui", open),
+            (Method::GET, "/ui/app.js", open),
+            (Method::POST, "/ui", Err(405)),
             (Method::POST, "/v1/backends/web/switch", admin),
             (Method::POST, "/v1/frontends/www/switch", admin),
             (Method::GET, "/v1/frontends/www/switch", Err(405)),

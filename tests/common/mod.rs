@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod fleet;
 pub mod haproxy;
 pub mod netns;
 pub mod pki;
