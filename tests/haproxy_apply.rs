@@ -569,3 +569,31 @@ fn a_removed_template_keeps_the_last_version_serving_until_it_is_back() {
         rig.status().ok.then_some(())
     });
 }
+
+#[test]
+fn a_verified_reload_shows_haproxy_running_the_new_config_before_any_probe() {
+    let (a, b) = (TestServer::start("a"), TestServer::start("b"));
+    let port = free_port();
+    // No probe within the test: only the reload's own verification can say what HAProxy runs.
+    let rig = Rig::start(
+        "verified-ok",
+        port,
+        view(port, "v1", &[(&a, "v1")]),
+        ApplyConfig {
+            probe_interval: Duration::from_secs(3600),
+            ..fast()
+        },
+        None,
+    );
+    let first = wait_for("the first config healthy", WAIT, || {
+        let s = rig.status();
+        s.ok.then_some(s)
+    });
+    // A new server: a reload (this template has no runtime API).
+    rig.send(view(port, "v1", &[(&a, "v1"), (&b, "v1")]));
+    let s = wait_for("the reload verified and the template healthy", WAIT, || {
+        let s = rig.status();
+        (s.ok && s.reloads > first.reloads && s.config_hash != first.config_hash).then_some(s)
+    });
+    assert_eq!(s.running_config, s.config_hash, "{s:?}");
+}

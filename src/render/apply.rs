@@ -219,8 +219,14 @@ impl Worker {
                     warn!(template = %name,
                         "render: reload sent but not verified (no master socket configured)");
                 }
+                // A verified reload is HAProxy saying it runs this version: the status says
+                // so now, not at the next probe (until then it would read not ok).
+                let asked = verified && reload::probe_of(&self.slots[i].cfg).is_some();
                 self.set_status(i, |s| {
                     s.error = None;
+                    if asked {
+                        s.running_config = Some(hash.clone());
+                    }
                     s.config_hash = Some(hash);
                     s.last_success = Some(SystemTime::now());
                 });
@@ -477,8 +483,12 @@ impl Worker {
                     table,
                 });
                 info!(template = %name, hash = %version, verified, "render: HAProxy runs the config on disk again");
+                let asked = verified && reload::probe_of(&self.slots[i].cfg).is_some();
                 self.set_status(i, |s| {
                     s.error = None;
+                    if asked {
+                        s.running_config = Some(version.clone());
+                    }
                     s.config_hash = Some(version);
                     s.last_success = Some(SystemTime::now());
                 });
