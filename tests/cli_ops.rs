@@ -78,9 +78,19 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = bender(&b, &["backend", "switch", "web", "--version", "2"]);
+    // web@2 has no live server: refused, unless forced.
+    let (code, _, err) = bender(&b, &["backend", "switch", "web", "--version", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NO_LIVE_SERVERS"), "{err}");
+    let (code, out, err) = bender(
+        &b,
+        &["backend", "switch", "web", "--version", "2", "--force"],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("now serves web@2"), "{out}");
+    assert!(
+        out.contains("backend web switched from 1 to 2 (0 live servers)"),
+        "{out}"
+    );
     wait_until(Duration::from_secs(10), "the switch reaches node 0", || {
         json(&a, &["list", "backends", "--json"])[0]["version"] == "2"
     });
@@ -112,7 +122,27 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // A switch needs the backend to exist (400 otherwise) and, without --force, live servers.
     let (code, _, err) = bender(&a, &["frontend", "switch", "www", "--backend", "web2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no backend \"web2\""), "{err}");
+    let (code, _, err) = bender(
+        &a,
+        &[
+            "backend",
+            "create",
+            "web2",
+            "--app",
+            "web",
+            "--version",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = bender(
+        &a,
+        &["frontend", "switch", "www", "--backend", "web2", "--force"],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&a, &["frontend", "get", "www"])["backend"], "web2");
     let (_, table, _) = bender(&a, &["list", "frontends"]);

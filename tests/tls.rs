@@ -384,6 +384,8 @@ fn the_cli_talks_to_a_tls_node_with_a_token_or_a_client_certificate() {
             "web",
             "--version",
             "2",
+            // No web@2 server is registered: the test is about credentials.
+            "--force",
             "--cert",
             p.deployer.cert.to_str().unwrap(),
             "--key",
@@ -401,6 +403,8 @@ fn the_cli_talks_to_a_tls_node_with_a_token_or_a_client_certificate() {
             "web",
             "--version",
             "2",
+            // No web@2 server is registered: the test is about credentials.
+            "--force",
             "--cert",
             p.deployer.cert.to_str().unwrap(),
             "--key",
