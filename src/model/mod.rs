@@ -334,6 +334,9 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontend {
     pub name: String,
+    /// The default backend; empty for none (bender 0.2.1 took a frontend with only a name):
+    /// requests no rule routes then get a 503.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
     /// Bind address, `[ip]:port` (e.g. `*:80`, `127.0.0.1:8080`, `[::]:443`).
     #[serde(default = "default_bind")]
@@ -377,7 +380,9 @@ impl Frontend {
     /// Checks every field; free-form lines as `snippets` says.
     pub fn validate(&self, snippets: Snippets) -> Result<(), Invalid> {
         validate_name("name", &self.name)?;
-        validate_name("backend", &self.backend)?;
+        if !self.backend.is_empty() {
+            validate_name("backend", &self.backend)?;
+        }
         validate_bind("bind", &self.bind)?;
         if self.rules.len() > MAX_RULES {
             return Err(Invalid::new("rules", format!("at most {MAX_RULES} rules")));

@@ -54,6 +54,16 @@ async function main() {
   assert.ifError(r.err);
   r = await call('createFrontend', { backend: 'web' });
   assert.strictEqual(r.err.code, 'INVALID');
+  // 0.2.1 took a frontend with only a name (its own client and tests create them that way):
+  // no default backend.
+  r = await call('createFrontend', { name: 'hello-world' });
+  assert.ifError(r.err);
+  r = await call('getFrontend', 'hello-world');
+  assert.ifError(r.err);
+  assert.strictEqual(r.body.name, 'hello-world');
+  assert.strictEqual(r.body.backend, undefined);
+  r = await call('removeFrontend', 'hello-world');
+  assert.ifError(r.err);
   r = await call('getFrontend', 'www');
   assert.strictEqual(r.body.backend, 'web');
   r = await call('getFrontends');

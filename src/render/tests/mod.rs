@@ -103,7 +103,16 @@ pub(crate) fn fixture(renewed_ms: u64) -> NodeView {
         rules: vec![],
         extra: vec![],
     };
-    for f in [www, pg, orphan] {
+    // Only a name, as bender 0.2.1 took it: no default backend.
+    let bare = Frontend {
+        name: "bare".into(),
+        backend: String::new(),
+        bind: "127.0.0.1:8082".into(),
+        mode: Mode::Http,
+        rules: vec![],
+        extra: vec![],
+    };
+    for f in [www, pg, orphan, bare] {
         view.frontends.insert(f.name.clone(), f);
     }
     let mut weighted = lease("api", "v1", "10.0.1.1", 80, renewed_ms);
