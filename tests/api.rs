@@ -355,6 +355,10 @@ fn metrics_are_valid_prometheus_text_and_count_what_happened() {
     http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/80"));
     http.post_empty(&c.url(0, "/registrations/web/1/10.0.0.1/0"));
     http.get(&c.url(0, "/backends/missing"));
+    for (name, app) in [("web", "web"), ("empty", "nobody")] {
+        let body = format!(r#"{{"name":"{name}","app":"{app}","version":"1"}}"#);
+        assert_eq!(http.post_json(&c.url(0, "/backends"), &body).status, 201);
+    }
     let url = c.url(0, "/metrics");
     wait_until(
         Duration::from_secs(10),
@@ -363,6 +367,7 @@ fn metrics_are_valid_prometheus_text_and_count_what_happened() {
             let s = scrape(&http, &url);
             sample(&s, "bender_registrations_live", &[]) == Some(1.0)
                 && sample(&s, "bender_events_total", &[("kind", "online")]) == Some(1.0)
+                && sample(&s, "bender_backend_servers_live", &[("backend", "web")]) == Some(1.0)
         },
     );
     let s = scrape(&http, &url);
@@ -406,6 +411,16 @@ fn metrics_are_valid_prometheus_text_and_count_what_happened() {
         ),
         Some(1.0)
     );
+    assert_eq!(
+        sample(&s, "bender_backend_servers_live", &[("backend", "empty")]),
+        Some(0.0)
+    );
+    // The process itself: a node holds some memory, has used some CPU, has sockets open.
+    let rss = sample(&s, "bender_process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss > 1e6 && rss < 1e10, "{rss}");
+    assert!(sample(&s, "bender_process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    let fds = sample(&s, "bender_process_open_fds", &[]).unwrap();
+    assert!(fds >= 3.0 && fds <= sample(&s, "bender_process_max_fds", &[]).unwrap());
 }
 
 #[test]

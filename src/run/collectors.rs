@@ -85,6 +85,27 @@ pub(super) fn register_collectors(
         }
         Ok(())
     })));
+    super::process::register(metrics);
+    let n = node.clone();
+    metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
+        // One pass over what is served, then one lookup per backend.
+        let nv = n.views().borrow().clone();
+        let mut live: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        for (k, _) in nv.served() {
+            *live.entry((k.app.as_str(), k.version.as_str())).or_default() += 1;
+        }
+        let mut m = enc.encode_descriptor(
+            "backend_servers_live",
+            "Live servers of each backend (its app@version) in this node's view, held ones included",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for b in nv.view.backends.values() {
+            let count = live.get(&(b.app.as_str(), b.version.as_str())).copied().unwrap_or(0);
+            ConstGauge::new(count).encode(m.encode_family(&[("backend", b.name.as_str())])?)?;
+        }
+        Ok(())
+    })));
     metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
         let (counts, refused) = fleet.counts();
         {

@@ -4,6 +4,7 @@
 //! `run` returns the failure, so that the process exits non-zero and systemd restarts it.
 
 mod collectors;
+mod process;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
