@@ -45,6 +45,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Agent(_)) {
+        // `bender render | head`: a reader that goes away ends the command quietly, as it does
+        // any Unix tool, rather than with a "Broken pipe" panic (Rust ignores SIGPIPE).
+        // SAFETY: no other thread runs yet, and the default action needs no handler.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     match cli.command {
         Command::Agent(args) => agent(args),
         Command::Completions { shell } => {

@@ -117,3 +117,25 @@ fn json_logs_are_one_object_per_line() {
     assert!(started["timestamp"].is_string(), "{started}");
     assert_eq!(started["ready"], true, "{started}");
 }
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly_on_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    // `bender completions bash | head -c1`, made deterministic: the reader is gone before
+    // the first write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .output()
+        .expect("run bender");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "no panic, no 'Broken pipe': {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+}
