@@ -95,9 +95,9 @@ fn all_synced(api: &str, before: &str) -> bool {
     let (status, f) = call("GET", &format!("{api}/v1/fleet"), None);
     status == 200
         && f["entities"].as_str() != Some(before)
-        && f["nodes"].as_array().is_some_and(|n| {
-            n.len() == 3 && n.iter().all(|e| e["state"] == "SYNCED")
-        })
+        && f["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|e| e["state"] == "SYNCED"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -129,7 +129,12 @@ fn main() {
         cmd.arg("agent")
             .arg("--config")
             .arg(&config)
-            .args(["--node-id", &format!("lb{i}"), "--cluster-id", "bench-fleet"])
+            .args([
+                "--node-id",
+                &format!("lb{i}"),
+                "--cluster-id",
+                "bench-fleet",
+            ])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
             .env("BENDER_LOG", "warn")
@@ -154,7 +159,9 @@ fn main() {
         let (s, _) = call(
             "POST",
             &format!("{}/backends", apis[0]),
-            Some(&format!(r#"{{"name":"{name}","app":"{name}","version":"1"}}"#)),
+            Some(&format!(
+                r#"{{"name":"{name}","app":"{name}","version":"1"}}"#
+            )),
         );
         assert_eq!(s, 201);
         let port = l.local_addr().unwrap().port();
