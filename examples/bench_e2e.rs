@@ -13,15 +13,13 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::free_port;
+use common::{call, free_port, Procs};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// An HTTP server answering every request with `name`, on its own thread.
 fn app_server(name: String) -> u16 {
@@ -69,40 +67,6 @@ fn get(port: u16) -> Option<String> {
         return None;
     }
     out.split("\r\n\r\n").nth(1).map(str::to_string)
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
-
-fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let req = ureq::http::Request::builder().method(method).uri(url);
-    let resp = match body {
-        Some(b) => agent.run(
-            req.header("content-type", "application/json")
-                .body(b.to_string())
-                .unwrap(),
-        ),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = resp.expect("request");
-    let status = resp.status().as_u16();
-    let v = resp.body_mut().read_json().unwrap_or(Value::Null);
-    (status, v)
 }
 
 /// Starts HAProxy and one bender node rendering the default template into it, with the

@@ -6,21 +6,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Http, TestCluster};
+use common::{bender_cli as bender, wait_until, Http, TestCluster};
 use serde_json::Value;
-
-fn bender(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
-        .args(args)
-        .env("BENDER_ADDR", addr)
-        .output()
-        .expect("run bender");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(addr: &str, args: &[&str]) -> Value {
     let (code, out, err) = bender(addr, args);

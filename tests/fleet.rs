@@ -4,12 +4,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::fleet::{start_fleet, Lb};
 use common::haproxy::{TempDir, TestServer};
-use common::{free_port, sample, scrape, wait_until, Http, Proc};
+use common::{bender_cli as bender, free_port, sample, scrape, wait_until, Http, Proc};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -39,19 +38,6 @@ fn all(state: &str) -> Vec<(String, String)> {
     (0..3)
         .map(|i| (format!("lb{i}"), state.to_string()))
         .collect()
-}
-
-fn bender(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
-        .args(args)
-        .env("BENDER_ADDR", addr)
-        .output()
-        .expect("run bender");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Backends blue and green (each with a live server) behind frontend www on `port`.

@@ -14,11 +14,9 @@ fn peer_key(id: &ChitchatId) -> (String, u64) {
     (id.node_id.to_string(), id.generation_id)
 }
 
-/// Members as chitchat knows them (newest generation of each node id).
-pub(super) async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Peer>) {
-    let cc = inner.chitchat.lock().await;
-    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-    // A restarted node appears under a new generation: show only its newest one.
+/// The newest generation of each node id chitchat knows (a restarted node appears under a new
+/// generation: only its newest one counts).
+fn newest_generations(cc: &chitchat::Chitchat) -> BTreeMap<String, &ChitchatId> {
     let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
     for id in cc.node_states().keys() {
         let e = newest.entry(id.node_id.to_string()).or_insert(id);
@@ -26,6 +24,14 @@ pub(super) async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry
             *e = id;
         }
     }
+    newest
+}
+
+/// Members as chitchat knows them (newest generation of each node id).
+pub(super) async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry::ready::Peer>) {
+    let cc = inner.chitchat.lock().await;
+    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+    let newest = newest_generations(&cc);
     let known: HashSet<(String, u64)> = cc.node_states().keys().map(peer_key).collect();
     let mut clock_keys = inner.clock_keys.lock().expect("clock keys lock");
     clock_keys.retain(|k, _| known.contains(k));
@@ -81,13 +87,7 @@ pub(super) async fn compute_members(inner: &Inner) -> (Vec<Member>, Vec<registry
 pub(super) async fn fleet_members(inner: &Inner) -> Vec<crate::fleet::Member> {
     let cc = inner.chitchat.lock().await;
     let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-    let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
-    for id in cc.node_states().keys() {
-        let e = newest.entry(id.node_id.to_string()).or_insert(id);
-        if id.generation_id > e.generation_id {
-            *e = id;
-        }
-    }
+    let newest = newest_generations(&cc);
     newest
         .into_values()
         .map(|id| {

@@ -515,3 +515,17 @@ pub fn sample(
             _ => f64::NAN,
         })
 }
+
+/// Runs the `bender` CLI against the node at `addr`: (exit code, stdout, stderr).
+pub fn bender_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bender"))
+        .args(args)
+        .env("BENDER_ADDR", addr)
+        .output()
+        .expect("run bender");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
