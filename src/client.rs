@@ -24,6 +24,9 @@ pub enum ClientError {
     /// A credential or CA file the flags name cannot be used.
     #[error("{0}")]
     Setup(String),
+    /// The command line asks for something that cannot be done (found before sending).
+    #[error("{0}")]
+    Usage(String),
     /// What the command waited for did not happen in time.
     #[error("{0}")]
     TimedOut(String),

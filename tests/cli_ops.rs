@@ -266,3 +266,118 @@ fn status_shows_a_failing_template_its_one_line_error_and_what_ready_answers() {
         "{table}"
     );
 }
+
+#[test]
+fn every_field_the_api_takes_is_settable_from_the_cli() {
+    let c = TestCluster::start(1);
+    let a = c.node(0).api.clone();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = bender(&a, args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    };
+    ok(&[
+        "backend",
+        "create",
+        "web",
+        "--app",
+        "web",
+        "--version",
+        "1",
+        "--health-path",
+        "/health",
+        "--health-interval",
+        "2s",
+        "--server-options",
+        "maxconn 100",
+        "--extra",
+        "timeout server 10s",
+        "--extra",
+        "option redispatch",
+    ]);
+    ok(&["backend", "create", "api", "--app", "api", "--version", "1"]);
+    let b = json(&a, &["backend", "get", "web"]);
+    assert_eq!(
+        b["health_check"],
+        serde_json::json!({"path": "/health", "interval_ms": 2000})
+    );
+    assert_eq!(b["server_options"], "maxconn 100");
+    assert_eq!(
+        b["extra"],
+        serde_json::json!(["timeout server 10s", "option redispatch"])
+    );
+    // An update changes what it names: the interval stays when only the path changes.
+    ok(&[
+        "backend",
+        "update",
+        "web",
+        "--health-path",
+        "/ready",
+        "--extra",
+        "",
+    ]);
+    let b = json(&a, &["backend", "get", "web"]);
+    assert_eq!(
+        b["health_check"],
+        serde_json::json!({"path": "/ready", "interval_ms": 2000})
+    );
+    assert!(b.get("extra").is_none(), "{b}");
+    ok(&[
+        "frontend",
+        "create",
+        "www",
+        "--backend",
+        "web",
+        "--bind",
+        "127.0.0.1:8080",
+        "--rule",
+        "host=api.example.com,backend=api",
+        "--rule",
+        "host=example.com,path=/api,backend=api",
+        "--extra",
+        "option httplog",
+    ]);
+    let f = json(&a, &["frontend", "get", "www"]);
+    assert_eq!(
+        f["rules"],
+        serde_json::json!([
+            {"host": "api.example.com", "backend": "api"},
+            {"host": "example.com", "path_prefix": "/api", "backend": "api"},
+        ])
+    );
+    assert_eq!(f["extra"], serde_json::json!(["option httplog"]));
+    ok(&["frontend", "update", "www", "--rule", ""]);
+    assert!(json(&a, &["frontend", "get", "www"]).get("rules").is_none());
+    // What the CLI can tell is wrong is refused before anything is sent, with exit code 2.
+    for (args, says) in [
+        (
+            &["backend", "create", "x", "--version", "1"][..],
+            "needs --app and --version",
+        ),
+        (
+            &[
+                "backend",
+                "create",
+                "x",
+                "--app",
+                "x",
+                "--version",
+                "1",
+                "--balance",
+                "fastest",
+            ][..],
+            "possible values: roundrobin",
+        ),
+        (
+            &["frontend", "create", "y", "--rule", "path=/a"][..],
+            "needs backend=NAME",
+        ),
+        (
+            &["list", "frontends", "--app", "web"][..],
+            "filter registrations only",
+        ),
+    ] {
+        let (code, _, err) = bender(&a, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

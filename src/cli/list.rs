@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::human;
 use super::ops::{client, print, s, table};
 use super::{ListWhat, OutputArgs};
 use crate::client::ClientError;
@@ -28,6 +29,11 @@ pub(super) fn list(
     app: Option<String>,
     version: Option<String>,
 ) -> Result<(), ClientError> {
+    if !matches!(what, ListWhat::Registrations) && (app.is_some() || version.is_some()) {
+        return Err(ClientError::Usage(
+            "--app and --version filter registrations only".into(),
+        ));
+    }
     let client = client(&out.connect)?;
     match what {
         ListWhat::Registrations => {
@@ -46,6 +52,7 @@ pub(super) fn list(
                 .map(|st| haproxy_view(&st));
             print(out, &v, |v| {
                 let seen = seen.unwrap_or_default();
+                let now = std::time::SystemTime::now();
                 let rows = v
                     .as_array()
                     .into_iter()
@@ -57,8 +64,8 @@ pub(super) fn list(
                             s(&r["app"]),
                             s(&r["version"]),
                             address,
-                            format!("{}ms", s(&r["ttl_ms"])),
-                            s(&r["expires"]),
+                            r["ttl_ms"].as_u64().map_or("-".into(), human::millis),
+                            human::relative(&s(&r["expires"]), now),
                             haproxy,
                         ]
                     })

@@ -2,6 +2,7 @@
 //! tools and talk to a node's HTTP API (address from `--addr` or `BENDER_ADDR`).
 
 mod fleet;
+mod human;
 mod list;
 mod ops;
 
@@ -23,6 +24,39 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// `host=NAME,path=/PREFIX,backend=NAME` as the API's rule object; `""` for none.
+fn rule(s: &str) -> Result<Option<serde_json::Value>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let mut rule = serde_json::Map::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected host=NAME,path=/PREFIX,backend=NAME, got {s:?}"))?;
+        let key = match k.trim() {
+            "host" => "host",
+            "path" | "path_prefix" => "path_prefix",
+            "backend" => "backend",
+            other => {
+                return Err(format!(
+                    "unknown rule part {other:?} (valid: host, path, backend)"
+                ))
+            }
+        };
+        rule.insert(key.into(), serde_json::Value::String(v.trim().to_string()));
+    }
+    if !rule.contains_key("backend") {
+        return Err(format!("a rule needs backend=NAME: {s:?}"));
+    }
+    if !rule.contains_key("host") && !rule.contains_key("path_prefix") {
+        return Err(format!(
+            "a rule needs host=NAME, path=/PREFIX or both: {s:?}"
+        ));
+    }
+    Ok(Some(serde_json::Value::Object(rule)))
 }
 
 #[derive(Parser)]
@@ -282,18 +316,25 @@ pub struct BackendFields {
     /// Version of the app served (blue/green: switch it).
     #[arg(long)]
     pub version: Option<String>,
-    /// roundrobin, static-rr, leastconn, first, source or random.
-    #[arg(long)]
+    /// Load-balancing algorithm.
+    #[arg(long, value_parser = ["roundrobin", "static-rr", "leastconn", "first", "source", "random"])]
     pub balance: Option<String>,
-    /// http or tcp.
-    #[arg(long)]
+    /// Proxy mode.
+    #[arg(long, value_parser = ["http", "tcp"])]
     pub mode: Option<String>,
     /// Path of an HTTP health check (e.g. /health).
     #[arg(long)]
     pub health_path: Option<String>,
+    /// Time between health checks, e.g. "2s".
+    #[arg(long, value_parser = duration)]
+    pub health_interval: Option<Duration>,
     /// Options appended to every server line (e.g. "maxconn 100").
     #[arg(long)]
     pub server_options: Option<String>,
+    /// A line appended to the backend section (allow-listed directives); repeat for several.
+    /// Given, the lines replace the current ones; --extra "" clears them.
+    #[arg(long)]
+    pub extra: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -334,9 +375,17 @@ pub struct FrontendFields {
     /// Bind address, e.g. "*:80".
     #[arg(long)]
     pub bind: Option<String>,
-    /// http or tcp.
-    #[arg(long)]
+    /// Proxy mode.
+    #[arg(long, value_parser = ["http", "tcp"])]
     pub mode: Option<String>,
+    /// A routing rule, `host=NAME,path=/PREFIX,backend=NAME` (host, path or both); repeat for
+    /// several, tried in order. Given, the rules replace the current ones; --rule "" clears them.
+    #[arg(long, value_parser = rule)]
+    pub rule: Vec<Option<serde_json::Value>>,
+    /// A line appended to the frontend section (allow-listed directives); repeat for several.
+    /// Given, the lines replace the current ones; --extra "" clears them.
+    #[arg(long)]
+    pub extra: Vec<String>,
 }
 
 #[derive(Args)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::human;
 use super::{
     BackendAction, BackendFields, Command, Connect, FrontendAction, FrontendFields, InstanceArgs,
     OutputArgs, RegisterArgs, RenderArgs,
@@ -34,6 +35,10 @@ pub fn run_operator_command(command: Command) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ClientError::Usage(_)) => {
+            eprintln!("bender: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("bender: {e}");
             ExitCode::FAILURE
@@ -88,7 +93,7 @@ fn register(args: RegisterArgs) -> Result<(), ClientError> {
         i.version,
         i.host,
         i.port,
-        humantime::format_duration(every)
+        human::duration(every)
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -257,7 +262,9 @@ fn status(out: &OutputArgs) -> Result<(), ClientError> {
                     vec![
                         s(&t["name"]),
                         result.to_string(),
-                        s(&t["last_apply"]),
+                        t["last_apply"].as_str().map_or("-".into(), |at| {
+                            human::relative(at, std::time::SystemTime::now())
+                        }),
                         s(&t["reloads"]),
                         error.map_or("-".to_string(), |e| one_line(e, 100)),
                     ]
@@ -287,10 +294,36 @@ fn backend_body(base: Map<String, Value>, f: &BackendFields) -> Value {
     set_opt(&mut body, "balance", &f.balance);
     set_opt(&mut body, "mode", &f.mode);
     set_opt(&mut body, "server_options", &f.server_options);
-    if let Some(p) = &f.health_path {
-        body.insert("health_check".into(), json!({"path": p}));
+    if f.health_path.is_some() || f.health_interval.is_some() {
+        // The fields given change; the rest of the current check stays.
+        let mut hc = body
+            .get("health_check")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(p) = &f.health_path {
+            hc.insert("path".into(), json!(p));
+        }
+        if let Some(i) = f.health_interval {
+            hc.insert("interval_ms".into(), json!(i.as_millis() as u64));
+        }
+        body.insert("health_check".into(), Value::Object(hc));
     }
+    set_lines(&mut body, "extra", &f.extra);
     Value::Object(body)
+}
+
+/// Repeated `--extra` lines replace the list; a single empty one clears it.
+fn set_lines(body: &mut Map<String, Value>, key: &str, lines: &[String]) {
+    if !lines.is_empty() {
+        let kept: Vec<&String> = lines.iter().filter(|l| !l.is_empty()).collect();
+        body.insert(key.into(), json!(kept));
+    }
+}
+
+/// A usage error found before anything is sent (exit code 2, as clap's own).
+fn usage(message: String) -> ClientError {
+    ClientError::Usage(message)
 }
 
 /// Reads an entity, applies `change`, writes it back whole.
@@ -316,6 +349,11 @@ fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
             show(&client.call("GET", &format!("/v1/backends/{name}"), None)?)
         }
         BackendAction::Create { name, fields } => {
+            if fields.app.is_none() || fields.version.is_none() {
+                return Err(usage(format!(
+                    "backend create {name} needs --app and --version (the app@version it serves)"
+                )));
+            }
             let mut base = Map::new();
             base.insert("name".into(), json!(name));
             show(&client.call("POST", "/v1/backends", Some(&backend_body(base, &fields)))?);
@@ -354,6 +392,11 @@ fn frontend_body(base: Map<String, Value>, f: &FrontendFields) -> Value {
     set_opt(&mut body, "backend", &f.backend);
     set_opt(&mut body, "bind", &f.bind);
     set_opt(&mut body, "mode", &f.mode);
+    if !f.rule.is_empty() {
+        let rules: Vec<&Value> = f.rule.iter().flatten().collect();
+        body.insert("rules".into(), json!(rules));
+    }
+    set_lines(&mut body, "extra", &f.extra);
     Value::Object(body)
 }
 
