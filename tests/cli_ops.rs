@@ -50,7 +50,7 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
     );
 
     // Blue/green with the CLI.
-    let (code, _, err) = bender(
+    let (code, out, err) = bender(
         &a,
         &[
             "backend",
@@ -65,6 +65,16 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // For people a sentence, for scripts (--json) the API's answer.
+    assert_eq!(
+        out.trim(),
+        "backend web created: serves web@1 (leastconn, http)"
+    );
+    let (_, lines, _) = bender(&a, &["backend", "get", "web"]);
+    assert!(
+        lines.contains("app: web\n") && lines.contains("balance: leastconn\n"),
+        "{lines}"
+    );
     // web@2 has no live server: refused, unless forced.
     let (code, _, err) = bender(&b, &["backend", "switch", "web", "--version", "2"]);
     assert_eq!(code, 1, "{err}");
@@ -92,7 +102,7 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        json(&a, &["backend", "get", "web"])["health_check"]["path"],
+        json(&a, &["backend", "get", "web", "--json"])["health_check"]["path"],
         "/health"
     );
 
@@ -131,7 +141,10 @@ fn every_operator_subcommand_against_a_two_node_cluster() {
         &["frontend", "switch", "www", "--backend", "web2", "--force"],
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(json(&a, &["frontend", "get", "www"])["backend"], "web2");
+    assert_eq!(
+        json(&a, &["frontend", "get", "www", "--json"])["backend"],
+        "web2"
+    );
     let (_, table, _) = bender(&a, &["list", "frontends"]);
     assert!(
         table.contains("web2") && table.contains("127.0.0.1:8080"),
@@ -295,7 +308,7 @@ fn every_field_the_api_takes_is_settable_from_the_cli() {
         "option redispatch",
     ]);
     ok(&["backend", "create", "api", "--app", "api", "--version", "1"]);
-    let b = json(&a, &["backend", "get", "web"]);
+    let b = json(&a, &["backend", "get", "web", "--json"]);
     assert_eq!(
         b["health_check"],
         serde_json::json!({"path": "/health", "interval_ms": 2000})
@@ -315,7 +328,7 @@ fn every_field_the_api_takes_is_settable_from_the_cli() {
         "--extra",
         "",
     ]);
-    let b = json(&a, &["backend", "get", "web"]);
+    let b = json(&a, &["backend", "get", "web", "--json"]);
     assert_eq!(
         b["health_check"],
         serde_json::json!({"path": "/ready", "interval_ms": 2000})
@@ -336,7 +349,7 @@ fn every_field_the_api_takes_is_settable_from_the_cli() {
         "--extra",
         "option httplog",
     ]);
-    let f = json(&a, &["frontend", "get", "www"]);
+    let f = json(&a, &["frontend", "get", "www", "--json"]);
     assert_eq!(
         f["rules"],
         serde_json::json!([
@@ -346,7 +359,9 @@ fn every_field_the_api_takes_is_settable_from_the_cli() {
     );
     assert_eq!(f["extra"], serde_json::json!(["option httplog"]));
     ok(&["frontend", "update", "www", "--rule", ""]);
-    assert!(json(&a, &["frontend", "get", "www"]).get("rules").is_none());
+    assert!(json(&a, &["frontend", "get", "www", "--json"])
+        .get("rules")
+        .is_none());
     // What the CLI can tell is wrong is refused before anything is sent, with exit code 2.
     for (args, says) in [
         (

@@ -100,6 +100,8 @@ pub(super) struct Switch<'a> {
     pub body: Value,
     pub force: bool,
     pub wait: &'a SwitchWait,
+    /// Print the API's answer as JSON (progress goes to stderr either way).
+    pub json: bool,
 }
 
 /// Switches (refused by the node if the target has no live server, unless forced), then
@@ -118,13 +120,17 @@ pub(super) fn switch(c: &Client, sw: Switch<'_>) -> Result<(), ClientError> {
         "frontend"
     };
     let live = v["live_servers"].as_u64().unwrap_or(0);
-    println!(
-        "{what} {} switched from {} to {} ({live} live server{})",
-        sw.name,
-        s(&v["from"]),
-        s(&v["to"]),
-        if live == 1 { "" } else { "s" }
-    );
+    if sw.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "{what} {} switched from {} to {} ({live} live server{})",
+            sw.name,
+            s(&v["from"]),
+            s(&v["to"]),
+            if live == 1 { "" } else { "s" }
+        );
+    }
     if v["forced"].as_bool() == Some(true) {
         eprintln!("bender: warning: forced: the target has no live server");
     }
@@ -163,13 +169,16 @@ pub(super) fn switch(c: &Client, sw: Switch<'_>) -> Result<(), ClientError> {
                 .filter(|e| !e.live)
                 .map(|e| e.node_id.as_str())
                 .collect();
-            println!(
+            let done = format!(
                 "every load balancer runs it ({synced}/{}) after {}",
                 live.len(),
-                humantime::format_duration(Duration::from_millis(
-                    started.elapsed().as_millis() as u64
-                ))
+                super::human::duration(started.elapsed())
             );
+            if sw.json {
+                eprintln!("bender: {done}");
+            } else {
+                println!("{done}");
+            }
             if !unreachable.is_empty() {
                 eprintln!(
                     "bender: warning: unreachable, not waited for: {}",

@@ -306,6 +306,9 @@ pub struct BackendArgs {
     pub action: BackendAction,
     #[command(flatten)]
     pub connect: Connect,
+    /// Print the API's JSON instead of a sentence (create, update, switch) or lines (get).
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Args, Default)]
@@ -394,6 +397,9 @@ pub struct FrontendArgs {
     pub action: FrontendAction,
     #[command(flatten)]
     pub connect: Connect,
+    /// Print the API's JSON instead of a sentence (create, update, switch) or lines (get).
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -21,13 +21,22 @@ pub(super) fn client(c: &Connect) -> Result<Client, ClientError> {
 pub fn run_operator_command(command: Command) -> ExitCode {
     let result = match command {
         Command::Register(args) => register(args),
-        Command::Deregister(args) => deregister(&args).map(|_| ()),
+        Command::Deregister(args) => deregister(&args).map(|_| {
+            println!(
+                "deregistered {}@{} {}:{}",
+                args.app, args.version, args.host, args.port
+            )
+        }),
         Command::List(args) => super::list::list(args.what, &args.output, args.app, args.version),
         Command::Members(out) => members(&out),
         Command::Status(args) if args.fleet => super::fleet::status(&args.output),
         Command::Status(args) => status(&args.output),
-        Command::Backend(args) => client(&args.connect).and_then(|c| backend(&c, args.action)),
-        Command::Frontend(args) => client(&args.connect).and_then(|c| frontend(&c, args.action)),
+        Command::Backend(args) => {
+            client(&args.connect).and_then(|c| backend(&c, args.action, args.json))
+        }
+        Command::Frontend(args) => {
+            client(&args.connect).and_then(|c| frontend(&c, args.action, args.json))
+        }
         Command::Render(args) => return render(args),
         Command::Agent(_) | Command::Completions { .. } | Command::Man => {
             unreachable!("handled by main")
@@ -339,15 +348,51 @@ fn read_modify_write(
     client.call("PUT", path, Some(&body))
 }
 
-fn show(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// An entity for people: one `field: value` line each (lists joined), or the JSON.
+fn show(v: &Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    for (k, field) in v.as_object().into_iter().flatten() {
+        if k == "resource" {
+            continue;
+        }
+        let text = match field {
+            Value::Array(items) => items.iter().map(compact).collect::<Vec<_>>().join("; "),
+            other => compact(other),
+        };
+        println!("{k}: {text}");
+    }
 }
 
-fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
+/// A value on one line: strings bare, objects as `key=value ...`.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", s(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => s(other),
+    }
+}
+
+/// The result of a write: the JSON, or `sentence`.
+fn said(v: &Value, json: bool, sentence: String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{sentence}");
+    }
+}
+
+fn backend(client: &Client, action: BackendAction, json: bool) -> Result<(), ClientError> {
     match action {
-        BackendAction::Get { name } => {
-            show(&client.call("GET", &format!("/v1/backends/{name}"), None)?)
-        }
+        BackendAction::Get { name } => show(
+            &client.call("GET", &format!("/v1/backends/{name}"), None)?,
+            json,
+        ),
         BackendAction::Create { name, fields } => {
             if fields.app.is_none() || fields.version.is_none() {
                 return Err(usage(format!(
@@ -356,13 +401,20 @@ fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
             }
             let mut base = Map::new();
             base.insert("name".into(), json!(name));
-            show(&client.call("POST", "/v1/backends", Some(&backend_body(base, &fields)))?);
+            let v = client.call("POST", "/v1/backends", Some(&backend_body(base, &fields)))?;
+            let sentence = format!(
+                "backend {name} created: serves {}@{} ({}, {})",
+                s(&v["app"]),
+                s(&v["version"]),
+                s(&v["balance"]),
+                s(&v["mode"])
+            );
+            said(&v, json, sentence);
         }
         BackendAction::Update { name, fields } => {
             let path = format!("/v1/backends/{name}");
-            show(&read_modify_write(client, &path, |m| {
-                backend_body(m, &fields)
-            })?);
+            let v = read_modify_write(client, &path, |m| backend_body(m, &fields))?;
+            said(&v, json, format!("backend {name} updated"));
         }
         BackendAction::Switch {
             name,
@@ -376,6 +428,7 @@ fn backend(client: &Client, action: BackendAction) -> Result<(), ClientError> {
                 body: json!({ "version": version }),
                 force: wait.force,
                 wait: &wait,
+                json,
             },
         )?,
         BackendAction::Delete { name } => {
@@ -400,21 +453,28 @@ fn frontend_body(base: Map<String, Value>, f: &FrontendFields) -> Value {
     Value::Object(body)
 }
 
-fn frontend(client: &Client, action: FrontendAction) -> Result<(), ClientError> {
+fn frontend(client: &Client, action: FrontendAction, json: bool) -> Result<(), ClientError> {
     match action {
-        FrontendAction::Get { name } => {
-            show(&client.call("GET", &format!("/v1/frontends/{name}"), None)?)
-        }
+        FrontendAction::Get { name } => show(
+            &client.call("GET", &format!("/v1/frontends/{name}"), None)?,
+            json,
+        ),
         FrontendAction::Create { name, fields } => {
             let mut base = Map::new();
             base.insert("name".into(), json!(name));
-            show(&client.call("POST", "/v1/frontends", Some(&frontend_body(base, &fields)))?);
+            let v = client.call("POST", "/v1/frontends", Some(&frontend_body(base, &fields)))?;
+            let sentence = format!(
+                "frontend {name} created: {} on {} -> {}",
+                s(&v["mode"]),
+                s(&v["bind"]),
+                s(&v["backend"])
+            );
+            said(&v, json, sentence);
         }
         FrontendAction::Update { name, fields } => {
             let path = format!("/v1/frontends/{name}");
-            show(&read_modify_write(client, &path, |m| {
-                frontend_body(m, &fields)
-            })?);
+            let v = read_modify_write(client, &path, |m| frontend_body(m, &fields))?;
+            said(&v, json, format!("frontend {name} updated"));
         }
         FrontendAction::Switch {
             name,
@@ -428,6 +488,7 @@ fn frontend(client: &Client, action: FrontendAction) -> Result<(), ClientError> 
                 body: json!({ "backend": backend }),
                 force: wait.force,
                 wait: &wait,
+                json,
             },
         )?,
         FrontendAction::Delete { name } => {
