@@ -11,7 +11,9 @@ rm -rf "$out" target/packaging
 mkdir -p "$out" target/packaging
 # The man page and shell completions come from the binary's own CLI definition.
 bin=target/release/bender
-"$bin" man | gzip -9n >target/packaging/bender.1.gz
+# bender.1 and one page per subcommand (bender-agent.1, bender-backend-switch.1, ...).
+"$bin" man --dir target/packaging/man
+gzip -9n target/packaging/man/*.1
 "$bin" completions bash >target/packaging/bender.bash
 "$bin" completions zsh >target/packaging/_bender
 "$bin" completions fish >target/packaging/bender.fish

@@ -118,7 +118,8 @@ ok "built $deb ($(du -h "$deb" | cut -f1)) and $rpmf ($(du -h "$rpmf" | cut -f1)
 files_common=(/usr/bin/bender /etc/bender/bender.toml /etc/bender/templates/haproxy.cfg.tera
               /usr/share/doc/bender/README.md /usr/share/doc/bender/ARCHITECTURE.md
               /usr/share/doc/bender/templates.md /usr/share/doc/bender/security.md
-              /usr/share/man/man1/bender.1.gz
+              /usr/share/man/man1/bender.1.gz /usr/share/man/man1/bender-agent.1.gz
+              /usr/share/man/man1/bender-backend-switch.1.gz
               /usr/share/bash-completion/completions/bender
               /usr/share/fish/vendor_completions.d/bender.fish)
 conffiles=(/etc/bender/bender.toml /etc/bender/templates/haproxy.cfg.tera)

@@ -62,16 +62,30 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "bender", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Man => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bender: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Man { dir } => match man(dir.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bender: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         other => bender::cli::run_operator_command(other),
+    }
+}
+
+/// `bender man`: bender.1 on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    use std::io::Write;
+    let pages = bender::cli::man::pages()?;
+    match dir {
+        None => std::io::stdout().write_all(&pages[0].1),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            for (name, roff) in &pages {
+                std::fs::write(dir.join(name), roff)?;
+            }
+            Ok(())
+        }
     }
 }
 

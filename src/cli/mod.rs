@@ -4,6 +4,7 @@
 mod fleet;
 mod human;
 mod list;
+pub mod man;
 mod ops;
 
 use std::path::PathBuf;
@@ -95,8 +96,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write every page (bender.1, bender-agent.1, ...) to a
+    /// directory.
+    Man {
+        /// Write bender.1 and one page per subcommand here instead of printing bender.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]

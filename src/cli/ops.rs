@@ -38,7 +38,7 @@ pub fn run_operator_command(command: Command) -> ExitCode {
             client(&args.connect).and_then(|c| frontend(&c, args.action, args.json))
         }
         Command::Render(args) => return render(args),
-        Command::Agent(_) | Command::Completions { .. } | Command::Man => {
+        Command::Agent(_) | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled by main")
         }
     };
