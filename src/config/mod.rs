@@ -504,7 +504,20 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-            format!("line {line_no} ({line}): {}", e.message().trim())
+            let mut message = format!("line {line_no} ({line}): {}", e.message().trim());
+            // A top-level key appended after a table lands in that table: say so.
+            let above: Vec<&str> = text.lines().take(line_no - 1).map(str::trim).collect();
+            let table = above.into_iter().rev().find(|l| l.starts_with('['));
+            if let Some(table) = table {
+                if e.message().contains("unknown field")
+                    && toml::from_str::<FileConfig>(line).is_ok()
+                {
+                    message.push_str(&format!(
+                        "; this is a top-level key, but it sits inside the {table} table above it: move it above the first table"
+                    ));
+                }
+            }
+            message
         }
         None => e.message().trim().replace('\n', " "),
     }

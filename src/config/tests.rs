@@ -110,3 +110,22 @@ fn errors_name_the_key() {
     .unwrap_err();
     assert!(err.to_string().contains("gossip_allow"), "{err}");
 }
+
+#[test]
+fn a_top_level_key_appended_after_a_table_is_named_with_the_table_it_landed_in() {
+    let text = format!(
+        "{}\nnode_id = \"lb1\"\n",
+        include_str!("../../packaging/bender.toml")
+    );
+    let e = toml::from_str::<FileConfig>(&text).unwrap_err();
+    let message = describe_toml_error(&text, &e);
+    assert!(message.contains("unknown field `node_id`"), "{message}");
+    assert!(
+        message.contains("top-level key, but it sits inside the [[template]] table"),
+        "{message}"
+    );
+    // A key no table and no top level knows is only unknown.
+    let text = "[api]\nno_such_key = 1\n";
+    let e = toml::from_str::<FileConfig>(text).unwrap_err();
+    assert!(!describe_toml_error(text, &e).contains("top-level"));
+}
