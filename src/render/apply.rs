@@ -215,9 +215,10 @@ impl Worker {
                 info!(template = %name, destination = %dest.display(), hash = %hash,
                     verified, elapsed_ms = started.elapsed().as_millis() as u64,
                     reload_reason = %reason, "render: applied a new config");
-                if !verified {
+                // Said once per template: it is how the template is configured, not news.
+                if !verified && !std::mem::replace(&mut self.slots[i].said_unverified, true) {
                     warn!(template = %name,
-                        "render: reload sent but not verified (no master socket configured)");
+                        "render: reloads are sent but not verified: give the reload a master_socket to check that HAProxy took each one (said once; every apply logs `verified = false`)");
                 }
                 // A verified reload is HAProxy saying it runs this version: the status says
                 // so now, not at the next probe (until then it would read not ok).

@@ -47,6 +47,8 @@ pub(super) struct Slot {
     /// What HAProxy was last confirmed to run, for the runtime API path; None when unknown (no
     /// runtime API, nothing confirmed yet, or a failure since): the next change reloads.
     pub(super) applied: Option<Applied>,
+    /// Whether the log said that this template's reloads cannot be verified.
+    pub(super) said_unverified: bool,
 }
 
 /// A config structure HAProxy runs and the slots it was confirmed to hold.
@@ -146,6 +148,7 @@ impl Worker {
                 servers: slots::Table::default(),
                 seeded: false,
                 applied: None,
+                said_unverified: false,
             })
             .collect();
         Worker {
