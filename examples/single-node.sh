@@ -7,14 +7,18 @@
 #   curl -XPOST -H 'content-type: application/json' localhost:1729/frontends \
 #        -d '{"name":"www","backend":"web","bind":"127.0.0.1:8080"}'
 #   python3 -m http.server 9001 &            # an app server
-#   curl -XPOST localhost:1729/registrations/web/1/127.0.0.1/9001   # (renew within 4 s)
+#   target/release/bender register web 1 127.0.0.1 9001 --keep &   # registered, renewed until Ctrl-C
 #   curl localhost:8080/                      # served through HAProxy
 #   cat /tmp/bender-single/haproxy.cfg        # what bender rendered
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v haproxy >/dev/null || { echo "haproxy is not installed: apt-get install -y haproxy" >&2; exit 1; }
+echo "building bender (release; the first build takes a few minutes)..." >&2
 cargo build --release --quiet
 dir=/tmp/bender-single
+# Every run starts clean: the backends and registrations of an earlier run would otherwise
+# come back from its snapshot (and the quick start's creates would answer 409).
+rm -rf "$dir"
 mkdir -p "$dir"
 # A minimal config to start HAProxy's master with; bender replaces it on its first apply.
 cat > "$dir/haproxy.cfg" <<CFG
