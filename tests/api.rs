@@ -432,3 +432,69 @@ fn health_and_ready() {
         http.get(&c.url(0, "/ready")).status == 200
     });
 }
+
+#[test]
+fn an_event_stream_resumes_after_its_last_event_id_and_says_why_a_server_went_offline() {
+    let c = TestCluster::start(1);
+    let http = Http::new();
+    let url = c.url(0, "/v1/events");
+    let events = common::sse(&url, None);
+    let next = |rx: &std::sync::mpsc::Receiver<common::Sse>| {
+        rx.recv_timeout(Duration::from_secs(10)).expect("an event")
+    };
+    let reg = |port: u16, ttl: &str| {
+        format!(r#"{{"app":"web","version":"1","host":"10.0.0.1","port":{port},"ttl":"{ttl}"}}"#)
+    };
+    assert_eq!(
+        http.post_json(&c.url(0, "/v1/registrations"), &reg(81, "60s"))
+            .status,
+        200
+    );
+    let online = next(&events);
+    assert_eq!(online.name, "online");
+    assert_eq!(
+        http.delete(&c.url(0, "/v1/registrations/web/1/10.0.0.1/81"))
+            .status,
+        204
+    );
+    let offline = next(&events);
+    assert_eq!(
+        (offline.name.as_str(), offline.data["reason"].as_str()),
+        ("offline", Some("deregistered"))
+    );
+    // One that expires (the shortest TTL a node takes by default).
+    assert_eq!(
+        http.post_json(&c.url(0, "/v1/registrations"), &reg(82, "100ms"))
+            .status,
+        200
+    );
+    let online2 = next(&events);
+    let expired = next(&events);
+    assert_eq!(
+        (expired.name.as_str(), expired.data["reason"].as_str()),
+        ("offline", Some("expired"))
+    );
+    // Ids count up within the node's epoch.
+    let ids: Vec<String> = [&online, &offline, &online2, &expired]
+        .iter()
+        .map(|e| e.id.clone().expect("an id"))
+        .collect();
+    let (epoch, first) = ids[0].split_once('-').unwrap();
+    let first: u64 = first.parse().unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(*id, format!("{epoch}-{}", first + i as u64));
+    }
+    // A client that lost its stream after the deregistration resumes with what it missed.
+    let resumed = common::sse(&url, Some(&ids[1]));
+    let (a, b) = (next(&resumed), next(&resumed));
+    assert_eq!(
+        (a.id.as_deref(), b.id.as_deref()),
+        (Some(&*ids[2]), Some(&*ids[3]))
+    );
+    assert_eq!(b.data["registration"]["port"], 82);
+    // An id this node cannot continue from (another process's) gets the whole state first.
+    let fresh = common::sse(&url, Some("1-1"));
+    let r = next(&fresh);
+    assert_eq!(r.name, "resync");
+    assert!(r.data["state"]["registrations"].is_array(), "{:?}", r.data);
+}

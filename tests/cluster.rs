@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Http, TestCluster};
@@ -278,31 +277,17 @@ fn entities_survive_a_restart_of_the_whole_cluster() {
     }
 }
 
-/// Reads SSE events (`event:` name and `data:` JSON) from a node's `/v1/events`.
+/// SSE events (name and JSON) from a node's `/v1/events`.
 fn subscribe(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let events = common::sse(url, None);
     let (tx, rx) = std::sync::mpsc::channel();
-    let url = url.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-        let resp = agent.get(&url).call().expect("subscribe");
-        let _ = ready_tx.send(());
-        let reader = BufReader::new(resp.into_body().into_reader());
-        let mut name = String::new();
-        for line in reader.lines().map_while(Result::ok) {
-            if let Some(n) = line.strip_prefix("event:") {
-                name = n.trim().to_string();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                let v: Value = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
-                if tx.send((name.clone(), v)).is_err() {
-                    return;
-                }
+        for e in events {
+            if tx.send((e.name, e.data)).is_err() {
+                return;
             }
         }
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("event stream opened");
     rx
 }
 

@@ -156,7 +156,7 @@ async fn a_cut_link_heals_and_the_later_write_wins_everywhere() {
     for (i, events) in streams.iter_mut().enumerate() {
         let offline = tokio::time::timeout(DEADLINE, async {
             loop {
-                if let bender::events::Event::Offline { .. } = events.recv().await.unwrap() {
+                if let bender::events::Event::Offline { .. } = events.recv().await.unwrap().event {
                     return;
                 }
             }

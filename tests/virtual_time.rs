@@ -105,8 +105,8 @@ async fn two_hours_of_virtual_time_collect_every_lease_and_tombstone_on_every_no
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for (n, events) in nodes.iter().zip(&mut streams) {
         loop {
-            match events.recv().await.unwrap() {
-                bender::events::Event::Offline { registration } if registration == key => break,
+            match events.recv().await.unwrap().event {
+                bender::events::Event::Offline { registration, .. } if registration == key => break,
                 _ => {}
             }
         }

@@ -43,6 +43,7 @@ pub fn check_request(
     let req = wire::Request {
         query,
         content_type,
+        last_event_id: None,
         body: bytes::Bytes::copy_from_slice(body),
     };
     match op {

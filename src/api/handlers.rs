@@ -109,7 +109,7 @@ impl Api {
                 self.node.members(),
             )),
             Op::Status => ok(self.status()),
-            Op::Events => self.events(),
+            Op::Events => self.events(req),
             Op::Health => match self.hooks.health.as_ref().map(|h| h()) {
                 Some(Err(failure)) => Err(ApiError::failed(failure)),
                 _ => ok(json!({"status": "ok"})),
@@ -303,7 +303,7 @@ impl Api {
 
     /// Server-Sent Events: one event per change this node observes, until the client leaves or
     /// the node stops. A client that falls too far behind is told to re-list (`resync`).
-    fn events(&self) -> Result<Response> {
+    fn events(&self, req: &Request<'_>) -> Result<Response> {
         let permit = self
             .event_streams
             .clone()
@@ -315,9 +315,7 @@ impl Api {
                 5,
             )
             })?;
-        let rx = self.node.subscribe_events();
         let node = self.node.clone();
-        let mut stop = self.shutdown.clone();
         let state = move || {
             serde_json::to_value(crate::cluster::StateDump::new(
                 node.node_id(),
@@ -326,8 +324,19 @@ impl Api {
             ))
             .unwrap_or(Value::Null)
         };
+        // A client resuming (`Last-Event-ID`) gets the events it missed, or, when this node no
+        // longer keeps them all (or the id is another process's), the whole state first.
+        let (rx, first) = match req.last_event_id {
+            None => (self.node.subscribe_events(), Vec::new()),
+            Some(id) => match self.node.resume_events(&String::from_utf8_lossy(id)) {
+                (rx, Some(missed)) => (rx, missed.iter().map(sse_event).collect()),
+                (rx, None) => (rx, vec![resync(0, &state)]),
+            },
+        };
+        let mut stop = self.shutdown.clone();
         // The permit lives as long as the stream.
-        let stream = event_stream(rx, state)
+        let stream = futures_util::stream::iter(first)
+            .chain(event_stream(rx, state))
             .map(move |item| {
                 let _ = &permit;
                 Ok::<_, Infallible>(item)
@@ -335,6 +344,23 @@ impl Api {
             .take_until(Box::pin(async move { stop.wait().await }));
         Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
     }
+}
+
+/// One numbered event as SSE: its kind, its id (`<epoch>-<seq>`), its JSON.
+fn sse_event(n: &crate::events::Numbered) -> warp::sse::Event {
+    warp::sse::Event::default()
+        .event(n.event.kind())
+        .id(n.id())
+        .json_data(&n.event)
+        .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
+}
+
+/// The whole state, for a subscriber that cannot be given the events it missed.
+fn resync(missed: u64, state: &impl Fn() -> Value) -> warp::sse::Event {
+    warp::sse::Event::default()
+        .event("resync")
+        .json_data(json!({"missed": missed, "state": state()}))
+        .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
 }
 
 pub(super) fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
@@ -345,7 +371,7 @@ pub(super) fn path_key(k: &PathKey<'_>) -> Result<RegKey> {
 /// The SSE events of a subscription: every event in order; after falling behind (the events in
 /// between are gone), a `resync` event with the whole state (`state()`), and the events after it.
 fn event_stream(
-    rx: tokio::sync::broadcast::Receiver<crate::events::Event>,
+    rx: tokio::sync::broadcast::Receiver<crate::events::Numbered>,
     state: impl Fn() -> Value + Send + Sync + 'static,
 ) -> impl futures_util::Stream<Item = warp::sse::Event> {
     let state = std::sync::Arc::new(state);
@@ -353,16 +379,8 @@ fn event_stream(
         let state = state.clone();
         async move {
             let item = match rx.recv().await {
-                Ok(event) => warp::sse::Event::default()
-                    .event(event.kind())
-                    .json_data(&event)
-                    .unwrap_or_else(|_| warp::sse::Event::default().event("error")),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warp::sse::Event::default()
-                        .event("resync")
-                        .json_data(json!({"missed": n, "state": state()}))
-                        .unwrap_or_else(|_| warp::sse::Event::default().event("error"))
-                }
+                Ok(n) => sse_event(&n),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => resync(n, &*state),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
             Some((item, rx))
@@ -383,8 +401,9 @@ mod tests {
             registration: RegKey::new("web", "1", "10.0.0.1", port).unwrap(),
         };
         // Twelve events into a buffer of eight before the subscriber reads anything.
+        let mut journal = crate::events::Journal::new(42, 16);
         for port in 1..=12 {
-            tx.send(online(port)).unwrap();
+            tx.send(journal.push(online(port))).unwrap();
         }
         let stream = event_stream(rx, || json!({"registrations": ["the whole state"]}));
         let texts: Vec<String> = stream.take(9).map(|e| e.to_string()).collect().await;
@@ -394,5 +413,7 @@ mod tests {
         // Then the eight events still buffered, in order, the last one being port 12.
         assert!(texts[1].contains(r#""port":5"#), "{}", texts[1]);
         assert!(texts[8].contains(r#""port":12"#), "{}", texts[8]);
+        // Each with its id, for a client that resumes with Last-Event-ID.
+        assert!(texts[8].contains("id:42-12\n"), "{}", texts[8]);
     }
 }

@@ -438,6 +438,7 @@ impl Api {
         let req = wire::Request {
             query,
             content_type: headers.get("content-type").map(|v| v.as_bytes()),
+            last_event_id: headers.get("last-event-id").map(|v| v.as_bytes()),
             body,
         };
         (label, self.execute(op, &req, &caller).await)

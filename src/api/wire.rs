@@ -21,6 +21,8 @@ pub(super) type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub(super) struct Request<'a> {
     pub query: &'a str,
     pub content_type: Option<&'a [u8]>,
+    /// `Last-Event-ID`: where an event stream resumes.
+    pub last_event_id: Option<&'a [u8]>,
     pub body: Bytes,
 }
 

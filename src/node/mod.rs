@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{Member, NodeView};
 use crate::config::Config;
-use crate::events::Event;
+use crate::events::{Event, Journal, Numbered};
 use crate::guard::Guard;
 use crate::hlc::{Clock, Hlc};
 use crate::model::{Backend, Frontend, Invalid, Snippets};
@@ -181,7 +181,10 @@ struct Inner {
     self_id: ChitchatId,
     local: Mutex<Local>,
     views: watch::Sender<Arc<NodeView>>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Numbered>,
+    /// The last [`EVENT_BUFFER`] events, for clients resuming a stream; an event is numbered,
+    /// kept and sent under this lock, so the journal and the stream agree on the order.
+    journal: Mutex<Journal>,
     /// Wakes the view task after a local write.
     dirty: Notify,
     /// Wakes the pusher after a local write.
@@ -208,6 +211,14 @@ pub struct Node {
     failures: Failures,
     stop: Arc<ShutdownTrigger>,
     _listener: Arc<ListenerHandle>,
+}
+
+impl Inner {
+    /// Numbers an event, keeps it for resuming clients, and sends it to every stream.
+    fn emit(&self, event: Event) {
+        let mut journal = self.journal.lock().expect("journal lock");
+        let _ = self.events.send(journal.push(event));
+    }
 }
 
 impl Node {
@@ -279,6 +290,7 @@ impl Node {
         };
         let (views, _) = watch::channel(Arc::new(initial_view));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let journal = Mutex::new(Journal::new(hlc.now_ms(), EVENT_BUFFER));
         let inner = Arc::new(Inner {
             config: config.clone(),
             hlc,
@@ -288,6 +300,7 @@ impl Node {
             local: Mutex::new(local),
             views,
             events,
+            journal,
             dirty: Notify::new(),
             push: Notify::new(),
             overflowed: AtomicBool::new(false),
@@ -379,8 +392,19 @@ impl Node {
     }
 
     /// A stream of every change this node observes.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Numbered> {
         self.inner.events.subscribe()
+    }
+
+    /// A stream of the changes after the event `last_id` (an SSE `Last-Event-ID`), with those
+    /// of them this node still keeps; `None` when it cannot give them all (the client must
+    /// re-read the state).
+    pub fn resume_events(
+        &self,
+        last_id: &str,
+    ) -> (broadcast::Receiver<Numbered>, Option<Vec<Numbered>>) {
+        let journal = self.inner.journal.lock().expect("journal lock");
+        (self.inner.events.subscribe(), journal.after(last_id))
     }
 
     /// Live registrations, optionally filtered, sorted by (app, version, host, port).

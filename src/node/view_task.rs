@@ -6,6 +6,7 @@
 //! is monotone, so deletions (which chitchat does not report) never need to be seen: a node only
 //! deletes copies that can no longer win (see [`crate::registry::gc`]).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +135,7 @@ pub(super) async fn run(
         let isolated = has_peers && ready && !members.iter().any(|m| !m.is_self && m.live);
         // The view, brought up to date from what changed (not recomputed), and the guard's
         // step from what stopped being live.
-        let (changes, step) = {
+        let (changes, step, deregistered) = {
             let now = inner.hlc.now_ms();
             let mut local = inner.local.lock().expect("local lock");
             let changes = local.registry.update_view(&mut view, now);
@@ -161,12 +162,30 @@ pub(super) async fn run(
             sleep_until = next
                 .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now)))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            (changes, step)
+            let gone_by_deregistration: HashSet<RegKey> = changes
+                .offline
+                .iter()
+                .map(|r| &r.key)
+                .filter(|k| deregistered(k))
+                .cloned()
+                .collect();
+            (changes, step, gone_by_deregistration)
         };
-        for event in events::of_changes(&changes, &prev.view, &view) {
+        for mut event in events::of_changes(&changes, &prev.view, &view) {
+            if let Event::Offline {
+                registration,
+                reason,
+            } = &mut event
+            {
+                *reason = Some(if deregistered.contains(registration) {
+                    events::OfflineReason::Deregistered
+                } else {
+                    events::OfflineReason::Expired
+                });
+            }
             log_event(&event);
             inner.counters.count_event(&event);
-            let _ = inner.events.send(event);
+            inner.emit(event);
         }
         if step.degraded != prev.degraded {
             if step.degraded.is_empty() {
@@ -240,7 +259,10 @@ async fn resolve_quarantine(inner: &Inner, decision: registry::restore::Quaranti
 fn log_event(event: &Event) {
     match event {
         Event::Online { registration } => info!(registration = %registration, "online"),
-        Event::Offline { registration } => info!(registration = %registration, "offline"),
+        Event::Offline {
+            registration,
+            reason,
+        } => info!(registration = %registration, reason = ?reason, "offline"),
         Event::BackendUpdated { backend } => {
             info!(backend = %backend.name, app = %backend.app, version = %backend.version, "backend updated")
         }

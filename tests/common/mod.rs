@@ -529,3 +529,57 @@ pub fn bender_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One server-sent event: its name, its id (if any) and its JSON data.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub name: String,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+/// Reads a node's `/v1/events` (resuming after `last_id`, if given) on a thread; returns once
+/// the stream is open.
+pub fn sse(url: &str, last_id: Option<&str>) -> mpsc::Receiver<Sse> {
+    let (tx, rx) = mpsc::channel();
+    let url = url.to_string();
+    let last_id = last_id.map(str::to_string);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let mut req = agent.get(&url);
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.call().expect("subscribe");
+        let _ = ready_tx.send(());
+        let reader = BufReader::new(resp.into_body().into_reader());
+        // Fields come in any order; a blank line ends the event.
+        let (mut name, mut id, mut data) = (String::new(), None, None);
+        for line in reader.lines().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(i) = line.strip_prefix("id:") {
+                id = Some(i.trim().to_string());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data = Some(serde_json::from_str(d.trim()).unwrap_or(Value::Null));
+            } else if line.is_empty() {
+                let Some(data) = data.take() else {
+                    continue; // A keep-alive comment.
+                };
+                let event = Sse {
+                    name: std::mem::take(&mut name),
+                    id: id.take(),
+                    data,
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("event stream opened");
+    rx
+}

@@ -6,7 +6,7 @@
 // `stream` aborts the event stream, `retry` ends the pause before it reconnects.
 const state = {
   token: sessionStorage.getItem("bender-token") || "", data: null, reloadTimer: null, choice: {},
-  stream: null, retry: null, restart: false,
+  stream: null, retry: null, restart: false, lastId: null,
 };
 
 function el(tag, attrs, ...children) {
@@ -206,7 +206,7 @@ function addEvent(text) {
 
 function describe(kind, data) {
   const r = data.registration;
-  if (r) return `${kind} ${r.app}@${r.version} ${r.host}:${r.port}`;
+  if (r) return `${kind} ${r.app}@${r.version} ${r.host}:${r.port}` + (data.reason ? ` (${data.reason})` : "");
   if (data.backend) return `${kind} ${data.backend.name} → ${data.backend.app}@${data.backend.version}`;
   if (data.frontend) return `${kind} ${data.frontend.name} → ${data.frontend.backend}`;
   if (data.name) return `${kind} ${data.name}`;
@@ -219,8 +219,12 @@ async function follow() {
   for (;;) {
     state.stream = new AbortController();
     try {
+      // After a break, resume where the stream stopped (the node resends what was missed, or
+      // says `resync` when it cannot).
+      const extra = { Accept: "text/event-stream" };
+      if (state.lastId) extra["Last-Event-ID"] = state.lastId;
       const r = await fetch("/v1/events", {
-        headers: headers({ Accept: "text/event-stream" }),
+        headers: headers(extra),
         signal: state.stream.signal,
       });
       if (!r.ok) throw Object.assign(new Error("events: HTTP " + r.status), { status: r.status });
@@ -240,9 +244,11 @@ async function follow() {
           let kind = "message", data = "";
           for (const line of frame.split("\n")) {
             if (line.startsWith("event:")) kind = line.slice(6).trim();
+            else if (line.startsWith("id:")) state.lastId = line.slice(3).trim();
             else if (line.startsWith("data:")) data += line.slice(5).trim();
           }
           if (!data) continue;
+          if (kind === "resync") { addEvent("resync: events were missed, reloading"); scheduleLoad(); continue; }
           try { addEvent(describe(kind, JSON.parse(data))); } catch (_) { addEvent(kind); }
           scheduleLoad();
         }
