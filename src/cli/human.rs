@@ -19,8 +19,8 @@ pub(super) fn duration(d: Duration) -> String {
     let s = (ms + 500) / 1_000;
     match s {
         0..=119 => format!("{s}s"),
-        120..=7_199 if s % 60 == 0 => format!("{}m", s / 60),
-        120..=7_199 => format!("{}m {}s", s / 60, s % 60),
+        120..=3_599 if s % 60 == 0 => format!("{}m", s / 60),
+        120..=3_599 => format!("{}m {}s", s / 60, s % 60),
         _ if s % 3600 / 60 == 0 => format!("{}h", s / 3600),
         _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
     }
