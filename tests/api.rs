@@ -218,11 +218,16 @@ fn bad_input_is_a_clear_error_and_never_a_crash() {
     let r = http.send("PATCH", &backends, None, "");
     assert_eq!(r.allow.as_deref(), Some("GET, POST"));
     check(r, 405, "METHOD_NOT_ALLOWED");
-    check(
-        http.get(&c.url(0, "/registrations/web/1.0/10.0.0.1/80")),
-        405,
-        "METHOD_NOT_ALLOWED",
+    let r = http.get(&c.url(0, "/registrations/web/1.0/10.0.0.1/80"));
+    assert_eq!(
+        r.allow.as_deref(),
+        Some("POST"),
+        "each 405 names its route's methods"
     );
+    check(r, 405, "METHOD_NOT_ALLOWED");
+    let r = http.send("DELETE", &c.url(0, "/v1/fleet"), None, "");
+    assert_eq!(r.allow.as_deref(), Some("GET"));
+    check(r, 405, "METHOD_NOT_ALLOWED");
     check(http.get(&c.url(0, "/nothing/here")), 404, "NOT_FOUND");
     // v1 validation.
     let v1 = c.url(0, "/v1/registrations");

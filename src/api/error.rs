@@ -164,12 +164,12 @@ impl Reply for ApiError {
     }
 }
 
-/// Maps warp's own rejections (the few that can reach us) to the same error shape.
+/// Maps warp's own rejections (the few that can reach us) to the same error shape. The filter
+/// takes every method and path, so warp never answers 405 itself: `routes::route` does, with
+/// the route's own `Allow`.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
     let err = if rejection.is_not_found() {
         ApiError::not_found("Not found")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::method_not_allowed("GET")
     } else if rejection.find::<warp::ext::MissingExtension>().is_some() {
         // Only requests that did not come through our own server lack the connection info.
         ApiError::internal("Internal error: request without connection info")
