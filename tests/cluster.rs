@@ -362,13 +362,14 @@ fn expired_leases_are_garbage_collected_everywhere() {
     c.wait_members(2);
     let http = Http::new();
     for port in 1..=50 {
-        let body = format!(
-            r#"{{"app":"gc","version":"1","host":"10.0.0.1","port":{port},"ttl":"300ms"}}"#
-        );
-        http.post_json(&c.url(port as usize % 2, "/v1/registrations"), &body);
+        let body =
+            format!(r#"{{"app":"gc","version":"1","host":"10.0.0.1","port":{port},"ttl":"2s"}}"#);
+        let r = http.post_json(&c.url(port as usize % 2, "/v1/registrations"), &body);
+        assert_eq!(r.status, 200);
     }
-    wait_until(CONVERGE, "both nodes saw the leases", || {
-        (0..2).all(|i| http.get(&c.url(i, "/v1/status")).body["leases_held"].as_u64() >= Some(1))
+    // Every lease on both nodes (the TTL leaves gossip time to carry all 50 first).
+    wait_until(CONVERGE, "both nodes hold all 50 leases", || {
+        (0..2).all(|i| http.get(&c.url(i, "/v1/status")).body["leases_held"] == 50)
     });
     // lease_gc_grace is 1s in the test config: everything is forgotten soon after expiry.
     wait_until(CONVERGE, "expired leases are forgotten", || {
