@@ -218,24 +218,27 @@ fn the_sidecar_renews_and_deregisters_at_once_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let events = common::sse(&c.url(1, "/v1/events"), None);
     let pid = nix::unistd::Pid::from_raw(sidecar.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = sidecar.wait().unwrap();
     assert!(status.success());
-    // Gone at once: the sidecar deregistered before exiting. Renewals came every 500ms with a
-    // 1.5s TTL, so natural expiry would take at least a second; we require under half that.
-    let gone_at = Instant::now();
-    wait_until(Duration::from_secs(10), "the registration is gone", || {
-        http.get(&other)
-            .body
-            .as_array()
-            .is_some_and(|a| a.is_empty())
-    });
-    assert!(
-        gone_at.elapsed() < Duration::from_millis(500),
-        "took {:?}",
-        gone_at.elapsed()
-    );
+    // Gone because the sidecar deregistered before exiting, not because its TTL ran out: the
+    // other node's offline event says which.
+    let offline = loop {
+        let e = events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the offline event");
+        if e.name == "offline" && e.data["registration"]["app"] == "side" {
+            break e;
+        }
+    };
+    assert_eq!(offline.data["reason"], "deregistered", "{:?}", offline.data);
+    assert!(http
+        .get(&other)
+        .body
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
 }
 
 #[test]
