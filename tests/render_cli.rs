@@ -203,4 +203,18 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         "the new destination is rendered",
         || std::fs::read_to_string(&second).is_ok_and(|t| t == "web\n"),
     );
+    // The fleet status follows the new render stage: this node runs its view, with the new
+    // stage's config.
+    wait_until(
+        Duration::from_secs(10),
+        "the fleet status after the reload",
+        || {
+            let f = http.get(&node.url("/v1/fleet")).body;
+            let me = &f["nodes"][0];
+            me["state"] == "SYNCED"
+                && me["record"]["templates"][0]["from"] == f["view"]
+                && me["record"]["templates"][0]["config"]
+                    == http.get(&node.url("/v1/status")).body["templates"][0]["config_hash"]
+        },
+    );
 }

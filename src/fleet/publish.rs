@@ -128,16 +128,18 @@ impl Fleet {
     /// Keeps this node's record current in gossip and the evaluation fresh, until shutdown.
     pub async fn run(self, summaries: Summaries, mut shutdown: Shutdown) {
         let mut views = self.node.views();
-        let mut rx = summaries();
+        // The render stage's summaries, and the last ones seen: while a config reload replaces
+        // the stage, the record keeps what the old one last said.
+        let (mut rx, mut last) = (None, None);
+        follow(&summaries, &mut rx, &mut last);
         let mut published: Option<Record> = None;
         let mut tick = tokio::time::interval(EVALUATE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let record = own_record(
-                &views.borrow_and_update(),
-                rx.as_mut().map(|r| r.borrow_and_update().clone()),
-                published.as_ref(),
-            );
+            if let Some(r) = rx.as_mut() {
+                last = Some(r.borrow_and_update().clone());
+            }
+            let record = own_record(&views.borrow_and_update(), last.clone(), published.as_ref());
             // The view history follows every view this node publishes, not just those asked
             // about: a member's lag is measured against it.
             {
@@ -165,18 +167,36 @@ impl Fleet {
                 _ = shutdown.wait() => return,
                 changed = views.changed() => if changed.is_err() { return },
                 ok = summary_changed => if !ok {
-                    // The render stage was replaced (a config reload) or stopped.
-                    rx = summaries();
+                    // The render stage ended (a config reload replaces it): follow the new
+                    // one, or look again at the next tick.
+                    follow(&summaries, &mut rx, &mut last);
                 },
                 _ = tick.tick() => {
-                    // A config reload may have started a render stage where there was none.
                     if rx.is_none() {
-                        rx = summaries();
+                        follow(&summaries, &mut rx, &mut last);
                     }
                     let _ = self.report().await;
                 }
             }
         }
+    }
+}
+
+/// Takes up the current render stage's summaries: none when there is no render stage (no
+/// templates: `last` is cleared), or not yet when the stage there has ended (a reload is
+/// replacing it: `last` stays, and the next tick looks again).
+fn follow(
+    summaries: &Summaries,
+    rx: &mut Option<watch::Receiver<Vec<ApplySummary>>>,
+    last: &mut Option<Vec<ApplySummary>>,
+) {
+    match summaries() {
+        None => {
+            *rx = None;
+            *last = None;
+        }
+        Some(r) if r.has_changed().is_ok() => *rx = Some(r),
+        Some(_) => *rx = None,
     }
 }
 
