@@ -1,6 +1,7 @@
 //! The `bender` command line: `agent` runs a node; the other subcommands are the operator's
 //! tools and talk to a node's HTTP API (address from `--addr` or `BENDER_ADDR`).
 
+mod entities;
 mod fleet;
 mod human;
 mod list;
