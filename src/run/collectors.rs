@@ -88,10 +88,12 @@ pub(super) fn register_collectors(
     super::process::register(metrics);
     let n = node.clone();
     metrics.register_collector(Box::new(FnCollector(move |enc: &mut DescriptorEncoder| {
-        // One pass over what is served, then one lookup per backend.
+        // One pass over what is served (live, and held ones the view no longer has), then one
+        // lookup per backend.
         let nv = n.views().borrow().clone();
         let mut live: std::collections::HashMap<(&str, &str), i64> = Default::default();
-        for (k, _) in nv.served() {
+        let held = nv.held.keys().filter(|k| !nv.view.registrations.contains_key(*k));
+        for k in nv.view.registrations.keys().chain(held) {
             *live.entry((k.app.as_str(), k.version.as_str())).or_default() += 1;
         }
         let mut m = enc.encode_descriptor(
