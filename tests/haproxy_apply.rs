@@ -254,12 +254,11 @@ fn a_reload_failing_after_the_check_restores_the_last_good_config() {
 
     // 192.0.2.1 (TEST-NET-1) is not on this host: `haproxy -c` accepts the bind, the reload
     // fails. No traffic is ever sent there.
-    let mut bad = view(port, "v1", &[(&a, "v1"), (&b, "v1")]);
-    let mut unbindable = frontend(80, "web");
-    unbindable.name = "unbindable".into();
-    unbindable.bind = "192.0.2.1:80".into();
-    bad.view.frontends.insert("unbindable".into(), unbindable);
-    rig.send(bad);
+    rig.send(with_unbindable_frontend(view(
+        port,
+        "v1",
+        &[(&a, "v1"), (&b, "v1")],
+    )));
     let err = wait_for("the reload failure in status", WAIT, || rig.status().error);
     assert!(err.contains("reload"), "{err}");
     assert!(err.contains("restored the last good config"), "{err}");

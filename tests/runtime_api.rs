@@ -352,12 +352,7 @@ fn a_refused_structural_change_rolls_back_and_servers_still_change_at_run_time_a
     wait_confirmed(&rig, "the slots to be confirmed");
     // 192.0.2.1 (TEST-NET-1) is not on this host: `haproxy -c` accepts the bind, the reload
     // fails, and the last good config is put back.
-    let mut bad = web(port, &[&a, &b], &[]);
-    let mut unbindable = frontend(80, "web");
-    unbindable.name = "unbindable".into();
-    unbindable.bind = "192.0.2.1:80".into();
-    bad.view.frontends.insert("unbindable".into(), unbindable);
-    rig.send(bad);
+    rig.send(with_unbindable_frontend(web(port, &[&a, &b], &[])));
     let err = wait_for("the reload failure in status", WAIT, || rig.status().error);
     assert!(err.contains("restored the last good config"), "{err}");
     rig.assert_serves("a");

@@ -336,3 +336,13 @@ pub fn ready_servers(config: &str) -> BTreeMap<String, Vec<String>> {
     }
     out
 }
+
+/// `nv` with a frontend bound to 192.0.2.1:80 (TEST-NET-1, not on this host): `haproxy -c`
+/// accepts the bind, the reload fails.
+pub fn with_unbindable_frontend(mut nv: NodeView) -> NodeView {
+    let mut unbindable = frontend(80, "web");
+    unbindable.name = "unbindable".into();
+    unbindable.bind = "192.0.2.1:80".into();
+    nv.view.frontends.insert("unbindable".into(), unbindable);
+    nv
+}
