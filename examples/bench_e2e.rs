@@ -73,35 +73,7 @@ fn get(port: u16) -> Option<String> {
 /// runtime API or without.
 fn start(dir: &Path, runtime: bool) -> (Procs, String) {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!("global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"),
-    )
-    .unwrap();
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
-    let runtime = if runtime {
-        format!(r#"runtime = {{ socket = "{d}/admin.sock", drain = "1s" }}"#)
-    } else {
-        String::new()
-    };
-    std::fs::write(
-        dir.join("bender.toml"),
-        format!(
-            r#"
-[[template]]
-name = "haproxy"
-source = "{template}"
-destination = "{d}/haproxy.cfg"
-reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
-server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
-{runtime}
-vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
-"#
-        ),
-    )
-    .unwrap();
+    common::write_node_files(dir, runtime);
     let haproxy = Command::new("haproxy")
         .arg("-W")
         .arg("-S")

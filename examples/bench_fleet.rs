@@ -12,7 +12,7 @@ mod common;
 use common::{binary, call, free_port, Procs};
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,36 +24,6 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// HAProxy and bender config for node `i` in `dir`.
-fn node_files(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!("global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"),
-    )
-    .unwrap();
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
-    let config = dir.join("bender.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[template]]
-name = "haproxy"
-source = "{template}"
-destination = "{d}/haproxy.cfg"
-reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
-server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
-runtime = {{ socket = "{d}/admin.sock", drain = "1s" }}
-vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
-"#
-        ),
-    )
-    .unwrap();
-    config
 }
 
 fn all_synced(api: &str, before: &str) -> bool {
@@ -78,7 +48,7 @@ fn main() {
     let mut apis = Vec::new();
     for (i, (api, gossip)) in ports.iter().enumerate() {
         let dir = root.join(format!("lb{i}"));
-        let config = node_files(&dir);
+        let config = common::write_node_files(&dir, true);
         procs.0.push(
             Command::new("haproxy")
                 .args(["-W", "-S"])

@@ -101,3 +101,42 @@ pub fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     let status = resp.status().as_u16();
     (status, resp.body_mut().read_json().unwrap_or(Value::Null))
 }
+
+/// Writes what one bender node driving one HAProxy in `dir` needs: a minimal HAProxy config to
+/// start the master with (bender replaces it) and a bender config rendering the default
+/// template into it through `dir/master.sock`, with the runtime API or without. Returns the
+/// bender config's path.
+#[allow(dead_code)]
+pub fn write_node_files(dir: &std::path::Path, runtime: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!("global\n    stats socket {d}/admin.sock mode 660 level admin expose-fd listeners\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"),
+    )
+    .unwrap();
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/haproxy.cfg.tera");
+    let runtime = if runtime {
+        format!(r#"runtime = {{ socket = "{d}/admin.sock", drain = "1s" }}"#)
+    } else {
+        String::new()
+    };
+    let config = dir.join("bender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[template]]
+name = "haproxy"
+source = "{template}"
+destination = "{d}/haproxy.cfg"
+reload = {{ method = "master-socket", socket = "{d}/master.sock" }}
+server_state = {{ socket = "{d}/admin.sock", file = "{d}/server-state" }}
+{runtime}
+vars = {{ stats_socket = "{d}/admin.sock", server_state_file = "{d}/server-state", chroot = "", user = "", group = "", log = "" }}
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
